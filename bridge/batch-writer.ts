@@ -1,0 +1,449 @@
+import { finished } from "node:stream/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import type pg from "pg";
+import { from as copyFrom } from "pg-copy-streams";
+import * as copy from "./copy-format.ts";
+import { DedupWindow, dedupKey } from "./dedup-window.ts";
+import type { Logger } from "./logger.ts";
+import { dayOf, type Partitions } from "./partitions.ts";
+import {
+  CHECK_VIOLATION,
+  copyErrorRow,
+  isRetryable,
+  isRowError,
+  sqlstate,
+  UNIQUE_VIOLATION,
+} from "./pg-errors.ts";
+import {
+  parseTelemetry,
+  type RawMessage,
+  type RejectReason,
+  type TelemetryRow,
+} from "./telemetry-message.ts";
+
+/** What became of a message; settled only once that is committed. */
+export type WriteOutcome =
+  | { status: "stored" }
+  | { status: "duplicate"; source: "window" | "database" }
+  | { status: "rejected"; reason: RejectReason; detail: string };
+
+export interface DeadLetter {
+  topic: string;
+  clientId: string | null;
+  payload: Buffer;
+  reason: RejectReason;
+  detail: string;
+  receivedAtMs: number;
+}
+
+export interface BatchWriterOptions {
+  batchMaxRows: number;
+  batchMaxWaitMs: number;
+  queueMaxRows: number;
+  dedupWindowKeys: number;
+  maxPayloadBytes: number;
+  /** First and longest pause between attempts while PostgreSQL is unavailable. */
+  retryInitialMs?: number;
+  retryMaxMs?: number;
+}
+
+export interface WriterCounters {
+  received: number;
+  stored: number;
+  duplicateWindow: number;
+  duplicateDatabase: number;
+  rejected: Partial<Record<RejectReason, number>>;
+  batches: number;
+  retries: number;
+}
+
+interface Pending<T> {
+  value: T;
+  enqueuedAt: number;
+  settle(outcome: WriteOutcome): void;
+  fail(error: unknown): void;
+}
+
+type RowItem = Pending<TelemetryRow> & { kind: "row"; key: string };
+type LetterItem = Pending<DeadLetter> & { kind: "letter" };
+type Item = RowItem | LetterItem;
+
+class WriterClosedError extends Error {
+  override name = "WriterClosedError";
+}
+
+const COPY_TELEMETRY =
+  "COPY telemetry (time, topic, device_id, event_id, payload, received_at) FROM STDIN";
+const COPY_STAGING =
+  "COPY telemetry_staging (time, topic, device_id, event_id, payload, received_at) FROM STDIN";
+const COPY_REJECTED =
+  "COPY telemetry_rejected (received_at, client_id, topic, reason, detail, payload) FROM STDIN";
+const CREATE_STAGING =
+  "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging (LIKE telemetry) ON COMMIT DELETE ROWS";
+const MERGE_STAGING = `INSERT INTO telemetry SELECT * FROM telemetry_staging
+  ON CONFLICT DO NOTHING
+  RETURNING topic, event_id, (extract(epoch FROM time) * 1000)::bigint AS time_ms`;
+
+function rowLine(row: TelemetryRow): string {
+  return `${copy.timestamp(row.timeMs)}\t${copy.text(row.topic)}\t${copy.text(row.deviceId)}\t${copy.text(row.eventId)}\t${copy.text(row.payload)}\t${copy.timestamp(row.receivedAtMs)}\n`;
+}
+
+/** Text columns cannot hold U+0000, which topics and client ids may carry. */
+function storable(value: string): string {
+  return value.replaceAll("\u0000", "\uFFFD");
+}
+
+function letterLine(letter: DeadLetter): string {
+  const clientId = letter.clientId === null ? null : storable(letter.clientId);
+  return `${copy.timestamp(letter.receivedAtMs)}\t${copy.nullableText(clientId)}\t${copy.text(storable(letter.topic))}\t${letter.reason}\t${copy.text(storable(letter.detail))}\t${copy.bytea(letter.payload)}\n`;
+}
+
+async function copyIn(client: pg.PoolClient, sql: string, lines: string[]): Promise<void> {
+  const stream = client.query(copyFrom(sql));
+  stream.end(lines.join(""));
+  await finished(stream);
+}
+
+function describe(error: unknown): string {
+  const code = sqlstate(error) ?? (error as NodeJS.ErrnoException).code;
+  const message = error instanceof Error ? error.message : String(error);
+  return code ? `${code} ${message}` : message;
+}
+
+/**
+ * Turns messages into committed rows, many at a time.
+ *
+ * Messages queue until `batchMaxRows` are waiting or the oldest has waited
+ * `batchMaxWaitMs`; then one transaction COPYs them into `telemetry` and
+ * their dead letters into `telemetry_rejected`. If the unique index finds a
+ * message already stored, the batch is written again through a staging
+ * table with `ON CONFLICT DO NOTHING`, which tells stored from duplicate.
+ * A row PostgreSQL refuses is dead-lettered and the rest written again;
+ * connection failures and retryable SQLSTATEs are retried with backoff for
+ * as long as it takes, while callers wait.
+ *
+ * Every promise settles after COMMIT, so a caller that acknowledges on
+ * settlement never acknowledges what could still be lost.
+ */
+export class BatchWriter {
+  readonly window: DedupWindow;
+  readonly counters: WriterCounters = {
+    received: 0,
+    stored: 0,
+    duplicateWindow: 0,
+    duplicateDatabase: 0,
+    rejected: {},
+    batches: 0,
+    retries: 0,
+  };
+  private readonly options: Required<BatchWriterOptions>;
+  private readonly queue: Item[] = [];
+  /** Callers past `queueMaxRows`: their messages join the queue as it drains. */
+  private readonly waiting: Item[] = [];
+  /** Keys queued or being written: a redelivery waits for the first copy's outcome. */
+  private readonly inflight = new Map<string, Promise<WriteOutcome>>();
+  private readonly drained: (() => void)[] = [];
+  private flushing = false;
+  /** Messages in the batch being written. */
+  private writing = 0;
+  private closing = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly partitions: Partitions,
+    options: BatchWriterOptions,
+    private readonly logger: Logger,
+  ) {
+    this.options = { retryInitialMs: 100, retryMaxMs: 5000, ...options };
+    this.window = new DedupWindow(options.dedupWindowKeys);
+  }
+
+  /** Messages held by the writer and not yet committed. */
+  get queueDepth(): number {
+    return this.queue.length + this.waiting.length + this.writing;
+  }
+
+  /** True while callers are waiting for room in the queue. */
+  get saturated(): boolean {
+    return this.waiting.length > 0;
+  }
+
+  /** Validates a raw message, then writes it or dead-letters it. */
+  ingest(message: RawMessage): Promise<WriteOutcome> {
+    const parsed = parseTelemetry(message, this.options.maxPayloadBytes);
+    if (parsed.ok) return this.write(parsed.row);
+    return this.deadLetter({
+      topic: message.topic,
+      clientId: message.clientId,
+      payload: message.payload,
+      reason: parsed.reason,
+      detail: parsed.detail,
+      receivedAtMs: message.receivedAtMs,
+    });
+  }
+
+  write(row: TelemetryRow): Promise<WriteOutcome> {
+    if (this.closing) return Promise.reject(new WriterClosedError("the writer is closed"));
+    this.counters.received++;
+    const verdict = this.partitions.judge(row.timeMs);
+    if (!verdict.ok) {
+      return this.deadLetter(
+        {
+          topic: row.topic,
+          clientId: row.clientId,
+          payload: Buffer.from(row.payload),
+          reason: verdict.reason,
+          detail: `ts ${copy.timestamp(row.timeMs)} is outside the partitions kept`,
+          receivedAtMs: row.receivedAtMs,
+        },
+        false,
+      );
+    }
+    const key = dedupKey(row.topic, row.eventId, row.timeMs);
+    if (this.window.has(key)) {
+      this.counters.duplicateWindow++;
+      return Promise.resolve({ status: "duplicate", source: "window" });
+    }
+    const first = this.inflight.get(key);
+    if (first) {
+      return first.then((outcome) => {
+        if (outcome.status === "rejected") return outcome;
+        this.counters.duplicateWindow++;
+        return { status: "duplicate", source: "window" };
+      });
+    }
+    const promise = new Promise<WriteOutcome>((settle, fail) => {
+      this.enqueue({ kind: "row", key, value: row, enqueuedAt: Date.now(), settle, fail });
+    });
+    this.inflight.set(key, promise);
+    return promise;
+  }
+
+  /** Records a message that cannot be stored as telemetry; settles after COMMIT. */
+  deadLetter(letter: DeadLetter, count = true): Promise<WriteOutcome> {
+    if (this.closing) return Promise.reject(new WriterClosedError("the writer is closed"));
+    if (count) this.counters.received++;
+    return new Promise<WriteOutcome>((settle, fail) => {
+      this.enqueue({ kind: "letter", value: letter, enqueuedAt: Date.now(), settle, fail });
+    });
+  }
+
+  /** Resolves once everything handed over so far is committed (or failed). */
+  flush(): Promise<void> {
+    if (this.queueDepth === 0) return Promise.resolve();
+    const done = new Promise<void>((resolve) => this.drained.push(resolve));
+    void this.run();
+    return done;
+  }
+
+  /** Refuses new messages and commits those already handed over. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await this.flush();
+  }
+
+  private enqueue(item: Item): void {
+    if (this.queue.length < this.options.queueMaxRows) this.queue.push(item);
+    else this.waiting.push(item);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.flushing || this.timer || this.queue.length === 0) return;
+    const oldest = this.queue[0] as Item;
+    const due = oldest.enqueuedAt + this.options.batchMaxWaitMs - Date.now();
+    if (this.queue.length >= this.options.batchMaxRows || this.closing || due <= 0) {
+      void this.run();
+      return;
+    }
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.run();
+    }, due);
+  }
+
+  private async run(): Promise<void> {
+    if (this.flushing) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.queue.length === 0) {
+      this.notifyDrained();
+      return;
+    }
+    this.flushing = true;
+    const batch = this.queue.splice(0, this.options.batchMaxRows);
+    this.writing = batch.length;
+    const room = this.options.queueMaxRows - this.queue.length;
+    if (room > 0 && this.waiting.length > 0) this.queue.push(...this.waiting.splice(0, room));
+    try {
+      const started = performance.now();
+      const rows = batch.filter((item): item is RowItem => item.kind === "row");
+      const letters = batch.filter((item): item is LetterItem => item.kind === "letter");
+      await this.commit(rows, letters);
+      this.counters.batches++;
+      this.logger.debug(
+        { rows: rows.length, rejected: letters.length, ms: Math.round(performance.now() - started) },
+        "batch committed",
+      );
+    } catch (error) {
+      this.logger.error({ err: error, messages: batch.length }, "batch failed; not acknowledged");
+      for (const item of batch) this.failItem(item, error);
+    } finally {
+      this.flushing = false;
+      this.writing = 0;
+      if (this.queue.length === 0) this.notifyDrained();
+      else this.schedule();
+    }
+  }
+
+  private notifyDrained(): void {
+    for (const resolve of this.drained.splice(0)) resolve();
+  }
+
+  /**
+   * Commits rows and dead letters, retrying until it succeeds or meets an
+   * error that retrying cannot fix.
+   */
+  private async commit(rows: RowItem[], letters: LetterItem[]): Promise<void> {
+    let merge = false;
+    let partitionsRefreshed = false;
+    let attempt = 0;
+    for (;;) {
+      try {
+        const stored = await this.writeOnce(rows, letters, merge);
+        this.settle(rows, letters, stored);
+        return;
+      } catch (error) {
+        const code = sqlstate(error);
+        if (isRetryable(error)) {
+          attempt++;
+          this.counters.retries++;
+          const pause = Math.min(
+            this.options.retryMaxMs,
+            this.options.retryInitialMs * 2 ** Math.min(attempt - 1, 16),
+          );
+          this.logger.warn(
+            { attempt, retryInMs: pause, rows: rows.length, error: describe(error) },
+            "PostgreSQL unavailable; retrying the batch",
+          );
+          await sleep(pause * (0.75 + Math.random() * 0.5));
+          continue;
+        }
+        if (code === UNIQUE_VIOLATION && !merge) {
+          merge = true;
+          continue;
+        }
+        if (code === CHECK_VIOLATION && !partitionsRefreshed) {
+          partitionsRefreshed = true;
+          this.partitions.invalidate();
+          continue;
+        }
+        if (!isRowError(error)) throw error;
+        const index =
+          copyErrorRow(error, merge ? "telemetry_staging" : "telemetry") ??
+          (rows.length === 1 ? 0 : undefined);
+        const refused = index === undefined ? undefined : rows[index];
+        if (refused) {
+          rows = rows.filter((row) => row !== refused);
+          letters = [...letters, this.refusedLetter(refused, error)];
+          continue;
+        }
+        // The error does not say which row: write each half on its own.
+        const half = Math.ceil(rows.length / 2);
+        await this.commit(rows.slice(0, half), letters);
+        await this.commit(rows.slice(half), []);
+        return;
+      }
+    }
+  }
+
+  /** Turns a refused row into a dead letter whose outcome settles the row's promise. */
+  private refusedLetter(item: RowItem, error: unknown): LetterItem {
+    const row = item.value;
+    return {
+      kind: "letter",
+      value: {
+        topic: row.topic,
+        clientId: row.clientId,
+        payload: Buffer.from(row.payload),
+        reason: "database_refused",
+        detail: describe(error),
+        receivedAtMs: row.receivedAtMs,
+      },
+      enqueuedAt: item.enqueuedAt,
+      settle: (outcome) => this.settleRow(item, outcome),
+      fail: (failure) => this.failItem(item, failure),
+    };
+  }
+
+  /** One transaction; returns the keys stored, or undefined when every row was. */
+  private async writeOnce(
+    rows: RowItem[],
+    letters: LetterItem[],
+    merge: boolean,
+  ): Promise<Set<string> | undefined> {
+    if (rows.length > 0) await this.partitions.ensure(rows.map((item) => dayOf(item.value.timeMs)));
+    const client = await this.pool.connect();
+    let failure: unknown;
+    try {
+      await client.query("BEGIN");
+      let stored: Set<string> | undefined;
+      if (rows.length > 0 && !merge) {
+        await copyIn(client, COPY_TELEMETRY, rows.map((item) => rowLine(item.value)));
+      } else if (rows.length > 0) {
+        await client.query(CREATE_STAGING);
+        await copyIn(client, COPY_STAGING, rows.map((item) => rowLine(item.value)));
+        const inserted = await client.query<{ topic: string; event_id: string; time_ms: string }>(
+          MERGE_STAGING,
+        );
+        stored = new Set(
+          inserted.rows.map((row) => dedupKey(row.topic, row.event_id, Number(row.time_ms))),
+        );
+      }
+      if (letters.length > 0) {
+        await copyIn(client, COPY_REJECTED, letters.map((item) => letterLine(item.value)));
+      }
+      await client.query("COMMIT");
+      return stored;
+    } catch (error) {
+      failure = error;
+      await client.query("ROLLBACK").catch(() => {});
+      throw error;
+    } finally {
+      // A connection that failed for any reason but bad data is not trusted again.
+      const reusable =
+        failure === undefined || sqlstate(failure) === UNIQUE_VIOLATION || isRowError(failure);
+      client.release(!reusable);
+    }
+  }
+
+  private settle(rows: RowItem[], letters: LetterItem[], stored: Set<string> | undefined): void {
+    for (const item of rows) {
+      const outcome: WriteOutcome =
+        stored === undefined || stored.has(item.key)
+          ? { status: "stored" }
+          : { status: "duplicate", source: "database" };
+      this.settleRow(item, outcome);
+    }
+    for (const item of letters) {
+      const { reason, detail } = item.value;
+      this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1;
+      item.settle({ status: "rejected", reason, detail });
+    }
+  }
+
+  private settleRow(item: RowItem, outcome: WriteOutcome): void {
+    if (outcome.status === "stored") this.counters.stored++;
+    if (outcome.status === "duplicate") this.counters.duplicateDatabase++;
+    // Into the window before leaving inflight, so no redelivery slips between.
+    if (outcome.status !== "rejected") this.window.add(item.key);
+    this.inflight.delete(item.key);
+    item.settle(outcome);
+  }
+
+  private failItem(item: Item, error: unknown): void {
+    if (item.kind === "row") this.inflight.delete(item.key);
+    item.fail(error);
+  }
+}

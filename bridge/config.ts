@@ -1,0 +1,132 @@
+import path from "node:path";
+import cron from "node-cron";
+
+/**
+ * Every setting the service reads, with its default. Environment variables
+ * override these; `loadConfig` validates each one and names the variable
+ * when it is wrong.
+ */
+export interface Config {
+  /** Use this PostgreSQL server; unset starts the embedded one. */
+  databaseUrl: string | undefined;
+  /** Where the embedded PostgreSQL keeps its cluster. */
+  dataDir: string;
+  /** Port of the embedded PostgreSQL (ignored with DATABASE_URL). */
+  pgPort: number;
+  logLevel: LogLevel;
+  /** A batch is written once it holds this many messages… */
+  batchMaxRows: number;
+  /** …or once its oldest message has waited this long. */
+  batchMaxWaitMs: number;
+  /** Messages the writer holds before callers have to wait. */
+  queueMaxRows: number;
+  /** Keys of committed messages remembered to drop redeliveries without a round trip. */
+  dedupWindowKeys: number;
+  /** Largest payload accepted; larger ones are dead-lettered. */
+  maxPayloadBytes: number;
+  /** Daily partitions created ahead of today; events further ahead are dead-lettered. */
+  partitionDaysAhead: number;
+  /** Days of data kept; older partitions are dropped. Unset keeps everything. */
+  retentionDays: number | undefined;
+  /** node-cron expression for partition maintenance. */
+  partitionSchedule: string;
+}
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export const defaults = {
+  databaseUrl: undefined,
+  dataDir: ".data",
+  pgPort: 54329,
+  logLevel: "info",
+  batchMaxRows: 5000,
+  batchMaxWaitMs: 10,
+  queueMaxRows: 20000,
+  dedupWindowKeys: 1_000_000,
+  maxPayloadBytes: 64 * 1024,
+  partitionDaysAhead: 3,
+  retentionDays: undefined,
+  partitionSchedule: "*/15 * * * *",
+} satisfies Config;
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+type Env = Record<string, string | undefined>;
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer from ${min} to ${max} (got "${raw}")`);
+  }
+  return value;
+}
+
+function optionalInteger(env: Env, name: string, min: number, max: number): number | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return undefined;
+  return integer(env, name, 0, min, max);
+}
+
+function databaseUrl(env: Env): string | undefined {
+  const raw = env.DATABASE_URL;
+  if (raw === undefined || raw.trim() === "") return undefined;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(
+      `DATABASE_URL must be a URL like postgres://user:password@host:5432/dbname (got "${raw}")`,
+    );
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
+    throw new ConfigError(`DATABASE_URL must start with postgres:// (got "${url.protocol}//…")`);
+  }
+  return raw;
+}
+
+function logLevel(env: Env): LogLevel {
+  const raw = env.LOG_LEVEL;
+  if (raw === undefined || raw.trim() === "") return defaults.logLevel;
+  const level = LOG_LEVELS.find((candidate) => candidate === raw.trim().toLowerCase());
+  if (!level) throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")} (got "${raw}")`);
+  return level;
+}
+
+function schedule(env: Env): string {
+  const raw = env.PARTITION_SCHEDULE;
+  if (raw === undefined || raw.trim() === "") return defaults.partitionSchedule;
+  if (!cron.validate(raw)) {
+    throw new ConfigError(`PARTITION_SCHEDULE must be a cron expression such as "*/15 * * * *" (got "${raw}")`);
+  }
+  return raw;
+}
+
+/** Reads and validates the configuration; throws a ConfigError naming the first bad variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const batchMaxRows = integer(env, "BATCH_MAX_ROWS", defaults.batchMaxRows, 1, 100_000);
+  const queueMaxRows = integer(env, "QUEUE_MAX_ROWS", defaults.queueMaxRows, 1, 10_000_000);
+  if (queueMaxRows < batchMaxRows) {
+    throw new ConfigError(
+      `QUEUE_MAX_ROWS (${queueMaxRows}) must be at least BATCH_MAX_ROWS (${batchMaxRows})`,
+    );
+  }
+  return {
+    databaseUrl: databaseUrl(env),
+    dataDir: path.resolve(env.DATA_DIR?.trim() || defaults.dataDir),
+    pgPort: integer(env, "PG_PORT", defaults.pgPort, 1, 65535),
+    logLevel: logLevel(env),
+    batchMaxRows,
+    batchMaxWaitMs: integer(env, "BATCH_MAX_WAIT_MS", defaults.batchMaxWaitMs, 0, 60_000),
+    queueMaxRows,
+    dedupWindowKeys: integer(env, "DEDUP_WINDOW_KEYS", defaults.dedupWindowKeys, 0, 100_000_000),
+    maxPayloadBytes: integer(env, "MAX_PAYLOAD_BYTES", defaults.maxPayloadBytes, 64, 16 * 1024 * 1024),
+    partitionDaysAhead: integer(env, "PARTITION_DAYS_AHEAD", defaults.partitionDaysAhead, 0, 366),
+    retentionDays: optionalInteger(env, "RETENTION_DAYS", 1, 100_000),
+    partitionSchedule: schedule(env),
+  };
+}

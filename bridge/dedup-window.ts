@@ -1,0 +1,35 @@
+/**
+ * The keys of the most recently committed messages, oldest evicted first.
+ *
+ * Exact keys, not hashes or a Bloom filter: a hit means the message was
+ * certainly committed before, so it can be acknowledged without a database
+ * round trip. A miss proves nothing; the unique index decides.
+ */
+export class DedupWindow {
+  private readonly keys = new Set<string>();
+
+  constructor(readonly capacity: number) {}
+
+  get size(): number {
+    return this.keys.size;
+  }
+
+  has(key: string): boolean {
+    return this.keys.has(key);
+  }
+
+  add(key: string): void {
+    if (this.capacity === 0 || this.keys.has(key)) return;
+    if (this.keys.size >= this.capacity) {
+      // A Set iterates in insertion order: the first key is the oldest.
+      const oldest = this.keys.values().next();
+      if (!oldest.done) this.keys.delete(oldest.value);
+    }
+    this.keys.add(key);
+  }
+}
+
+/** Identity of a message: topic and event_id, plus `ts`, which the unique index also holds. */
+export function dedupKey(topic: string, eventId: string, timeMs: number): string {
+  return `${topic}\u0000${eventId}\u0000${timeMs}`;
+}

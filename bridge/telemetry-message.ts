@@ -1,0 +1,162 @@
+import { isUtf8 } from "node:buffer";
+
+/** A message as the broker received it. */
+export interface RawMessage {
+  topic: string;
+  payload: Buffer;
+  clientId: string | null;
+  receivedAtMs: number;
+}
+
+/** A valid telemetry message, ready to be written. */
+export interface TelemetryRow {
+  topic: string;
+  deviceId: string;
+  eventId: string;
+  /** `ts` in epoch milliseconds (finer digits of an ISO `ts` are kept only in the payload). */
+  timeMs: number;
+  /** The payload exactly as received: stored as jsonb without re-serialising. */
+  payload: string;
+  receivedAtMs: number;
+  clientId: string | null;
+}
+
+export type RejectReason =
+  | "topic_invalid"
+  | "payload_too_large"
+  | "payload_not_utf8"
+  | "payload_not_json"
+  | "payload_not_object"
+  | "payload_nul_character"
+  | "event_id_missing"
+  | "event_id_invalid"
+  | "ts_missing"
+  | "ts_invalid"
+  | "ts_in_future"
+  | "ts_before_retention"
+  | "database_refused";
+
+export type ParseResult =
+  | { ok: true; row: TelemetryRow }
+  | { ok: false; reason: RejectReason; detail: string };
+
+export const MAX_EVENT_ID_CHARS = 128;
+/** Keeps (topic, time, event_id) well under PostgreSQL's btree entry limit (2704 bytes). */
+export const MAX_TOPIC_BYTES = 1024;
+
+const ISO_8601 =
+  /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2}):?(\d{2}))$/;
+/** Dates JavaScript and PostgreSQL both represent. */
+const MAX_TIME_MS = 8.64e15;
+
+/** Epoch milliseconds of `ts`, or undefined when it is not a valid timestamp. */
+export function parseTimestamp(ts: unknown): number | undefined {
+  if (typeof ts === "number") {
+    return Number.isFinite(ts) && Math.abs(ts) <= MAX_TIME_MS ? Math.trunc(ts) : undefined;
+  }
+  if (typeof ts !== "string") return undefined;
+  const m = ISO_8601.exec(ts);
+  if (!m) return undefined;
+  const [year, month, day, hour, minute] = [m[1], m[2], m[3], m[4], m[5]].map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const second = Number(m[6] ?? 0);
+  const millis = Number((m[7] ?? "").padEnd(3, "0").slice(0, 3));
+  if (month < 1 || month > 12 || hour > 23 || minute > 59 || second > 59) return undefined;
+  const local = new Date(Date.UTC(year, month - 1, day, hour, minute, second, millis));
+  // Date.UTC rolls 31 April over into May: reject what does not round-trip.
+  if (local.getUTCDate() !== day || local.getUTCMonth() !== month - 1) return undefined;
+  let offsetMinutes = 0;
+  if (!m[8]) {
+    const offsetHours = Number(m[10]);
+    const offsetMins = Number(m[11]);
+    if (offsetHours > 23 || offsetMins > 59) return undefined;
+    offsetMinutes = (m[9] === "-" ? -1 : 1) * (offsetHours * 60 + offsetMins);
+  }
+  const time = local.getTime() - offsetMinutes * 60_000;
+  return Math.abs(time) <= MAX_TIME_MS ? time : undefined;
+}
+
+/** jsonb cannot hold U+0000; find it in any key or string before PostgreSQL refuses the batch. */
+function containsNul(value: unknown): boolean {
+  if (typeof value === "string") return value.includes("\u0000");
+  if (Array.isArray(value)) return value.some(containsNul);
+  if (value !== null && typeof value === "object") {
+    for (const [key, inner] of Object.entries(value)) {
+      if (key.includes("\u0000") || containsNul(inner)) return true;
+    }
+  }
+  return false;
+}
+
+function codePoints(text: string): number {
+  let count = 0;
+  for (const _ of text) count++;
+  return count;
+}
+
+function reject(reason: RejectReason, detail: string): ParseResult {
+  return { ok: false, reason, detail };
+}
+
+/**
+ * Validates a telemetry message: topic `<prefix>/<device_id>/…`, payload a
+ * JSON object with `event_id` (a string of 1–128 characters) and `ts`
+ * (ISO 8601 with a zone, or epoch milliseconds).
+ */
+export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): ParseResult {
+  const { topic, payload } = message;
+  const deviceId = topic.split("/")[1];
+  if (!deviceId) return reject("topic_invalid", "topic must be <prefix>/<device_id>/…");
+  if (Buffer.byteLength(topic) > MAX_TOPIC_BYTES || topic.includes("\u0000")) {
+    return reject("topic_invalid", `topic must be at most ${MAX_TOPIC_BYTES} bytes, without U+0000`);
+  }
+  if (payload.length > maxPayloadBytes) {
+    return reject("payload_too_large", `${payload.length} bytes; the limit is ${maxPayloadBytes}`);
+  }
+  if (!isUtf8(payload)) return reject("payload_not_utf8", "payload is not valid UTF-8");
+  const text = payload.toString("utf8");
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (error) {
+    return reject("payload_not_json", (error as Error).message);
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    return reject("payload_not_object", "payload must be a JSON object");
+  }
+  const { event_id: eventId, ts } = body as Record<string, unknown>;
+  if (eventId === undefined) return reject("event_id_missing", "payload has no event_id");
+  if (
+    typeof eventId !== "string" ||
+    eventId.length === 0 ||
+    (eventId.length > MAX_EVENT_ID_CHARS && codePoints(eventId) > MAX_EVENT_ID_CHARS) ||
+    eventId.includes("\u0000")
+  ) {
+    return reject("event_id_invalid", `event_id must be a string of 1–${MAX_EVENT_ID_CHARS} characters`);
+  }
+  if (ts === undefined) return reject("ts_missing", "payload has no ts");
+  const timeMs = parseTimestamp(ts);
+  if (timeMs === undefined) {
+    return reject("ts_invalid", "ts must be ISO 8601 with a zone or epoch milliseconds");
+  }
+  if (text.includes("\\u0000") && containsNul(body)) {
+    return reject("payload_nul_character", "PostgreSQL jsonb cannot store \\u0000");
+  }
+  return {
+    ok: true,
+    row: {
+      topic,
+      deviceId,
+      eventId,
+      timeMs,
+      payload: text,
+      receivedAtMs: message.receivedAtMs,
+      clientId: message.clientId,
+    },
+  };
+}
