@@ -283,7 +283,11 @@ export class BatchWriter {
       await this.commit(rows, letters);
       this.counters.batches++;
       this.logger.debug(
-        { rows: rows.length, rejected: letters.length, ms: Math.round(performance.now() - started) },
+        {
+          rows: rows.length,
+          rejected: letters.length,
+          ms: Math.round(performance.now() - started),
+        },
         "batch committed",
       );
     } catch (error) {
@@ -390,10 +394,18 @@ export class BatchWriter {
       await client.query("BEGIN");
       let stored: Set<string> | undefined;
       if (rows.length > 0 && !merge) {
-        await copyIn(client, COPY_TELEMETRY, rows.map((item) => rowLine(item.value)));
+        await copyIn(
+          client,
+          COPY_TELEMETRY,
+          rows.map((item) => rowLine(item.value)),
+        );
       } else if (rows.length > 0) {
         await client.query(CREATE_STAGING);
-        await copyIn(client, COPY_STAGING, rows.map((item) => rowLine(item.value)));
+        await copyIn(
+          client,
+          COPY_STAGING,
+          rows.map((item) => rowLine(item.value)),
+        );
         const inserted = await client.query<{ topic: string; event_id: string; time_ms: string }>(
           MERGE_STAGING,
         );
@@ -402,7 +414,11 @@ export class BatchWriter {
         );
       }
       if (letters.length > 0) {
-        await copyIn(client, COPY_REJECTED, letters.map((item) => letterLine(item.value)));
+        await copyIn(
+          client,
+          COPY_REJECTED,
+          letters.map((item) => letterLine(item.value)),
+        );
       }
       await client.query("COMMIT");
       return stored;

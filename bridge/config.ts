@@ -93,7 +93,8 @@ function logLevel(env: Env): LogLevel {
   const raw = env.LOG_LEVEL;
   if (raw === undefined || raw.trim() === "") return defaults.logLevel;
   const level = LOG_LEVELS.find((candidate) => candidate === raw.trim().toLowerCase());
-  if (!level) throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")} (got "${raw}")`);
+  if (!level)
+    throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")} (got "${raw}")`);
   return level;
 }
 
@@ -101,7 +102,9 @@ function schedule(env: Env): string {
   const raw = env.PARTITION_SCHEDULE;
   if (raw === undefined || raw.trim() === "") return defaults.partitionSchedule;
   if (!cron.validate(raw)) {
-    throw new ConfigError(`PARTITION_SCHEDULE must be a cron expression such as "*/15 * * * *" (got "${raw}")`);
+    throw new ConfigError(
+      `PARTITION_SCHEDULE must be a cron expression such as "*/15 * * * *" (got "${raw}")`,
+    );
   }
   return raw;
 }
@@ -124,7 +127,13 @@ export function loadConfig(env: Env = process.env): Config {
     batchMaxWaitMs: integer(env, "BATCH_MAX_WAIT_MS", defaults.batchMaxWaitMs, 0, 60_000),
     queueMaxRows,
     dedupWindowKeys: integer(env, "DEDUP_WINDOW_KEYS", defaults.dedupWindowKeys, 0, 100_000_000),
-    maxPayloadBytes: integer(env, "MAX_PAYLOAD_BYTES", defaults.maxPayloadBytes, 64, 16 * 1024 * 1024),
+    maxPayloadBytes: integer(
+      env,
+      "MAX_PAYLOAD_BYTES",
+      defaults.maxPayloadBytes,
+      64,
+      16 * 1024 * 1024,
+    ),
     partitionDaysAhead: integer(env, "PARTITION_DAYS_AHEAD", defaults.partitionDaysAhead, 0, 366),
     retentionDays: optionalInteger(env, "RETENTION_DAYS", 1, 100_000),
     partitionSchedule: schedule(env),

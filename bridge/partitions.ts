@@ -33,7 +33,9 @@ export interface PartitionPolicy {
   retentionDays: number | undefined;
 }
 
-export type TimeVerdict = { ok: true } | { ok: false; reason: "ts_in_future" | "ts_before_retention" };
+export type TimeVerdict =
+  | { ok: true }
+  | { ok: false; reason: "ts_in_future" | "ts_before_retention" };
 
 /**
  * Owns the daily partitions of `telemetry`: creates them ahead of time and
@@ -133,7 +135,10 @@ export class Partitions {
         dropped.push(day);
       }
       if (dropped.length > 0) {
-        this.logger.info({ partitions: dropped.map(partitionName) }, "dropped partitions past retention");
+        this.logger.info(
+          { partitions: dropped.map(partitionName) },
+          "dropped partitions past retention",
+        );
       }
     }
     return { created, dropped };

@@ -48,7 +48,9 @@ export function isRetryable(error: unknown): boolean {
   if (error instanceof pg.DatabaseError) return RETRYABLE_SQLSTATES.has(error.code ?? "");
   if (!(error instanceof Error)) return false;
   const code = (error as NodeJS.ErrnoException).code;
-  return (code !== undefined && RETRYABLE_NODE_CODES.has(code)) || CONNECTION_LOST.test(error.message);
+  return (
+    (code !== undefined && RETRYABLE_NODE_CODES.has(code)) || CONNECTION_LOST.test(error.message)
+  );
 }
 
 export const UNIQUE_VIOLATION = "23505";

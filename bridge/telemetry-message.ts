@@ -113,7 +113,10 @@ export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): Pa
   const deviceId = topic.split("/")[1];
   if (!deviceId) return reject("topic_invalid", "topic must be <prefix>/<device_id>/…");
   if (Buffer.byteLength(topic) > MAX_TOPIC_BYTES || topic.includes("\u0000")) {
-    return reject("topic_invalid", `topic must be at most ${MAX_TOPIC_BYTES} bytes, without U+0000`);
+    return reject(
+      "topic_invalid",
+      `topic must be at most ${MAX_TOPIC_BYTES} bytes, without U+0000`,
+    );
   }
   if (payload.length > maxPayloadBytes) {
     return reject("payload_too_large", `${payload.length} bytes; the limit is ${maxPayloadBytes}`);
@@ -137,7 +140,10 @@ export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): Pa
     (eventId.length > MAX_EVENT_ID_CHARS && codePoints(eventId) > MAX_EVENT_ID_CHARS) ||
     eventId.includes("\u0000")
   ) {
-    return reject("event_id_invalid", `event_id must be a string of 1–${MAX_EVENT_ID_CHARS} characters`);
+    return reject(
+      "event_id_invalid",
+      `event_id must be a string of 1–${MAX_EVENT_ID_CHARS} characters`,
+    );
   }
   if (ts === undefined) return reject("ts_missing", "payload has no ts");
   const timeMs = parseTimestamp(ts);

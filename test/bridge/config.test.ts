@@ -1,0 +1,64 @@
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, defaults, loadConfig } from "../../bridge/config.ts";
+
+describe("loadConfig", () => {
+  it("uses the defaults when nothing is set", () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({ ...defaults, dataDir: path.resolve(defaults.dataDir) });
+  });
+
+  it("reads every variable", () => {
+    const config = loadConfig({
+      DATABASE_URL: "postgres://u:p@db:5432/x",
+      DATA_DIR: "/var/lib/tb",
+      PG_PORT: "6000",
+      LOG_LEVEL: "DEBUG",
+      BATCH_MAX_ROWS: "100",
+      BATCH_MAX_WAIT_MS: "0",
+      QUEUE_MAX_ROWS: "100",
+      DEDUP_WINDOW_KEYS: "0",
+      MAX_PAYLOAD_BYTES: "4096",
+      PARTITION_DAYS_AHEAD: "1",
+      RETENTION_DAYS: "30",
+      PARTITION_SCHEDULE: "0 * * * *",
+    });
+    expect(config).toEqual({
+      databaseUrl: "postgres://u:p@db:5432/x",
+      dataDir: "/var/lib/tb",
+      pgPort: 6000,
+      logLevel: "debug",
+      batchMaxRows: 100,
+      batchMaxWaitMs: 0,
+      queueMaxRows: 100,
+      dedupWindowKeys: 0,
+      maxPayloadBytes: 4096,
+      partitionDaysAhead: 1,
+      retentionDays: 30,
+      partitionSchedule: "0 * * * *",
+    });
+  });
+
+  it("fails with one line naming the variable", () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [
+        { BATCH_MAX_ROWS: "many" },
+        /^BATCH_MAX_ROWS must be an integer from 1 to 100000 \(got "many"\)$/,
+      ],
+      [{ PG_PORT: "70000" }, /^PG_PORT /],
+      [{ RETENTION_DAYS: "0" }, /^RETENTION_DAYS /],
+      [{ DATABASE_URL: "mysql://x" }, /^DATABASE_URL must start with postgres:\/\//],
+      [{ DATABASE_URL: "localhost" }, /^DATABASE_URL must be a URL/],
+      [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],
+      [{ PARTITION_SCHEDULE: "every hour" }, /^PARTITION_SCHEDULE must be a cron expression/],
+      [
+        { BATCH_MAX_ROWS: "500", QUEUE_MAX_ROWS: "100" },
+        /^QUEUE_MAX_ROWS \(100\) must be at least/,
+      ],
+    ];
+    for (const [env, message] of cases) {
+      expect(() => loadConfig(env)).toThrow(ConfigError);
+      expect(() => loadConfig(env)).toThrow(message);
+    }
+  });
+});
