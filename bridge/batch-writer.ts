@@ -390,6 +390,11 @@ export class BatchWriter {
     if (rows.length > 0) await this.partitions.ensure(rows.map((item) => dayOf(item.value.timeMs)));
     const client = await this.pool.connect();
     let failure: unknown;
+    // A checked-out client reports a dropped connection as an event, not to the pool.
+    const onError = (error: Error) => {
+      failure ??= error;
+    };
+    client.on("error", onError);
     try {
       await client.query("BEGIN");
       let stored: Set<string> | undefined;
@@ -430,6 +435,7 @@ export class BatchWriter {
       // A connection that failed for any reason but bad data is not trusted again.
       const reusable =
         failure === undefined || sqlstate(failure) === UNIQUE_VIOLATION || isRowError(failure);
+      client.off("error", onError);
       client.release(!reusable);
     }
   }

@@ -1,0 +1,65 @@
+import { spawn } from "node:child_process";
+import pg from "pg";
+import { describe, expect, it } from "vitest";
+import { migrate, readMigrations } from "../../bridge/migrate.ts";
+import { createTestDatabase } from "../helpers/test-database.ts";
+
+function runMigrateCli(databaseUrl: string): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn("npx", ["tsx", "bin/migrate.ts"], {
+      env: { ...process.env, DATABASE_URL: databaseUrl, LOG_LEVEL: "info" },
+    });
+    let output = "";
+    child.stdout.on("data", (chunk) => {
+      output += chunk;
+    });
+    child.stderr.on("data", (chunk) => {
+      output += chunk;
+    });
+    child.on("close", (code) => resolve({ code, output }));
+  });
+}
+
+async function appliedMigrations(url: string): Promise<string[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ name: string }>(
+      "SELECT name FROM schema_migrations ORDER BY id",
+    );
+    return rows.map((row) => row.name);
+  } finally {
+    await client.end();
+  }
+}
+
+describe("migrations", () => {
+  it("are numbered without gaps", async () => {
+    const migrations = await readMigrations();
+    expect(migrations.map((m) => m.id)).toEqual(migrations.map((_, i) => i + 1));
+  });
+
+  it("apply once; running again is a no-op", async () => {
+    const db = await createTestDatabase("migrate_once", undefined, { migrate: false });
+    const all = (await readMigrations()).map((m) => m.name);
+    expect(await migrate(db.url)).toEqual(all);
+    expect(await migrate(db.url)).toEqual([]);
+    expect(await appliedMigrations(db.url)).toEqual(all);
+  });
+
+  it("are safe when two processes start together", async () => {
+    const db = await createTestDatabase("migrate_race", undefined, { migrate: false });
+    const [a, b] = await Promise.all([runMigrateCli(db.url), runMigrateCli(db.url)]);
+    expect(a.code, a.output).toBe(0);
+    expect(b.code, b.output).toBe(0);
+    const said = [a.output, b.output].map((output) =>
+      output.includes("database is up to date")
+        ? "noop"
+        : output.includes("applied")
+          ? "applied"
+          : output,
+    );
+    expect(said.sort()).toEqual(["applied", "noop"]);
+    expect(await appliedMigrations(db.url)).toEqual((await readMigrations()).map((m) => m.name));
+  });
+});
