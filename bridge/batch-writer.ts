@@ -40,6 +40,8 @@ export interface BatchWriterOptions {
   batchMaxRows: number;
   batchMaxWaitMs: number;
   queueMaxRows: number;
+  /** Batches written at once, each in its own transaction: one formats while another commits. */
+  concurrency: number;
   dedupWindowKeys: number;
   maxPayloadBytes: number;
   /** First and longest pause between attempts while PostgreSQL is unavailable. */
@@ -114,7 +116,7 @@ function describe(error: unknown): string {
  * Turns messages into committed rows, many at a time.
  *
  * Messages queue until `batchMaxRows` are waiting or the oldest has waited
- * `batchMaxWaitMs`; then one transaction COPYs them into `telemetry` and
+ * `batchMaxWaitMs`; then one transaction (up to `concurrency` at once) COPYs them into `telemetry` and
  * their dead letters into `telemetry_rejected`. If the unique index finds a
  * message already stored, the batch is written again through a staging
  * table with `ON CONFLICT DO NOTHING`, which tells stored from duplicate.
@@ -143,8 +145,9 @@ export class BatchWriter {
   /** Keys queued or being written: a redelivery waits for the first copy's outcome. */
   private readonly inflight = new Map<string, Promise<WriteOutcome>>();
   private readonly drained: (() => void)[] = [];
-  private flushing = false;
-  /** Messages in the batch being written. */
+  /** Batches being written, each on its own connection. */
+  private active = 0;
+  /** Messages in those batches. */
   private writing = 0;
   private closing = false;
   private timer: NodeJS.Timeout | undefined;
@@ -250,7 +253,7 @@ export class BatchWriter {
   }
 
   private schedule(): void {
-    if (this.flushing || this.timer || this.queue.length === 0) return;
+    if (this.active >= this.options.concurrency || this.timer || this.queue.length === 0) return;
     const oldest = this.queue[0] as Item;
     const due = oldest.enqueuedAt + this.options.batchMaxWaitMs - Date.now();
     if (this.queue.length >= this.options.batchMaxRows || this.closing || due <= 0) {
@@ -264,18 +267,20 @@ export class BatchWriter {
   }
 
   private async run(): Promise<void> {
-    if (this.flushing) return;
+    if (this.active >= this.options.concurrency) return;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.queue.length === 0) {
-      this.notifyDrained();
+      if (this.active === 0) this.notifyDrained();
       return;
     }
-    this.flushing = true;
+    this.active++;
     const batch = this.queue.splice(0, this.options.batchMaxRows);
-    this.writing = batch.length;
+    this.writing += batch.length;
     const room = this.options.queueMaxRows - this.queue.length;
     if (room > 0 && this.waiting.length > 0) this.queue.push(...this.waiting.splice(0, room));
+    // A second full batch need not wait for this one.
+    this.schedule();
     try {
       const started = performance.now();
       const rows = batch.filter((item): item is RowItem => item.kind === "row");
@@ -294,10 +299,10 @@ export class BatchWriter {
       this.logger.error({ err: error, messages: batch.length }, "batch failed; not acknowledged");
       for (const item of batch) this.failItem(item, error);
     } finally {
-      this.flushing = false;
-      this.writing = 0;
-      if (this.queue.length === 0) this.notifyDrained();
-      else this.schedule();
+      this.active--;
+      this.writing -= batch.length;
+      if (this.queue.length > 0) this.schedule();
+      else if (this.active === 0) this.notifyDrained();
     }
   }
 

@@ -20,6 +20,8 @@ export interface Config {
   batchMaxWaitMs: number;
   /** Messages the writer holds before callers have to wait. */
   queueMaxRows: number;
+  /** Batches written at once, each on its own connection. */
+  batchConcurrency: number;
   /** Keys of committed messages remembered to drop redeliveries without a round trip. */
   dedupWindowKeys: number;
   /** Largest payload accepted; larger ones are dead-lettered. */
@@ -43,6 +45,7 @@ export const defaults = {
   batchMaxRows: 5000,
   batchMaxWaitMs: 10,
   queueMaxRows: 20000,
+  batchConcurrency: 2,
   dedupWindowKeys: 1_000_000,
   maxPayloadBytes: 64 * 1024,
   partitionDaysAhead: 3,
@@ -126,6 +129,7 @@ export function loadConfig(env: Env = process.env): Config {
     batchMaxRows,
     batchMaxWaitMs: integer(env, "BATCH_MAX_WAIT_MS", defaults.batchMaxWaitMs, 0, 60_000),
     queueMaxRows,
+    batchConcurrency: integer(env, "BATCH_CONCURRENCY", defaults.batchConcurrency, 1, 16),
     dedupWindowKeys: integer(env, "DEDUP_WINDOW_KEYS", defaults.dedupWindowKeys, 0, 100_000_000),
     maxPayloadBytes: integer(
       env,

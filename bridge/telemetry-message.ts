@@ -46,13 +46,18 @@ export const MAX_TOPIC_BYTES = 1024;
 
 const ISO_8601 =
   /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2}):?(\d{2}))$/;
-/** Dates JavaScript and PostgreSQL both represent. */
-const MAX_TIME_MS = 8.64e15;
+/** 1970-01-01 to 9999-12-31 UTC: what devices can mean, in ISO 8601's four-digit years. */
+const MIN_TIME_MS = 0;
+const MAX_TIME_MS = Date.UTC(10_000, 0, 1) - 1;
+
+function inRange(timeMs: number): number | undefined {
+  return timeMs >= MIN_TIME_MS && timeMs <= MAX_TIME_MS ? timeMs : undefined;
+}
 
 /** Epoch milliseconds of `ts`, or undefined when it is not a valid timestamp. */
 export function parseTimestamp(ts: unknown): number | undefined {
   if (typeof ts === "number") {
-    return Number.isFinite(ts) && Math.abs(ts) <= MAX_TIME_MS ? Math.trunc(ts) : undefined;
+    return Number.isFinite(ts) ? inRange(Math.trunc(ts)) : undefined;
   }
   if (typeof ts !== "string") return undefined;
   const m = ISO_8601.exec(ts);
@@ -77,8 +82,7 @@ export function parseTimestamp(ts: unknown): number | undefined {
     if (offsetHours > 23 || offsetMins > 59) return undefined;
     offsetMinutes = (m[9] === "-" ? -1 : 1) * (offsetHours * 60 + offsetMins);
   }
-  const time = local.getTime() - offsetMinutes * 60_000;
-  return Math.abs(time) <= MAX_TIME_MS ? time : undefined;
+  return inRange(local.getTime() - offsetMinutes * 60_000);
 }
 
 /** jsonb cannot hold U+0000; find it in any key or string before PostgreSQL refuses the batch. */

@@ -22,6 +22,7 @@ export function openWriter(url: string, options: Partial<BatchWriterOptions> = {
       batchMaxRows: 500,
       batchMaxWaitMs: 5,
       queueMaxRows: 2000,
+      concurrency: 2,
       dedupWindowKeys: 100_000,
       maxPayloadBytes: 64 * 1024,
       ...options,

@@ -1,0 +1,254 @@
+/**
+ * Rows per second into `telemetry`: the BatchWriter (COPY, in batches)
+ * beside a plain writer doing multi-row INSERT … ON CONFLICT DO NOTHING, on
+ * the same rows, one after the other, in one run.
+ *
+ *   npm run bench -- [--rows N] [--batch N] [--json]
+ *
+ * Uses DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL.
+ */
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import pg from "pg";
+import { pino } from "pino";
+import { BatchWriter } from "../bridge/batch-writer.ts";
+import { type Database, startEmbedded } from "../bridge/database.ts";
+import { migrate } from "../bridge/migrate.ts";
+import { dayOf, Partitions } from "../bridge/partitions.ts";
+import type { TelemetryRow } from "../bridge/telemetry-message.ts";
+
+const { values: args } = parseArgs({
+  options: {
+    rows: { type: "string", default: "200000" },
+    batch: { type: "string", default: "5000" },
+    json: { type: "boolean", default: false },
+  },
+});
+const ROWS = Number(args.rows);
+const BATCH = Number(args.batch);
+/** Connections writing at once, the same for both writers. */
+const CONCURRENCY = 2;
+const logger = pino({ level: "silent" });
+
+function makeRows(count: number): TelemetryRow[] {
+  const now = Date.now();
+  return Array.from({ length: count }, (_, i) => {
+    const device = `dev-${String(i % 1000).padStart(4, "0")}`;
+    const eventId = `${device}-${Math.floor(i / 1000)}`;
+    const timeMs = now - (count - i) * 10;
+    return {
+      topic: `telemetry/${device}/env`,
+      deviceId: device,
+      eventId,
+      timeMs,
+      payload: JSON.stringify({
+        event_id: eventId,
+        ts: new Date(timeMs).toISOString(),
+        seq: Math.floor(i / 1000),
+        temperature: 21.5 + Math.sin(i) * 3,
+        humidity: 40 + Math.cos(i) * 10,
+        battery: 3.7 - (i % 1000) / 10_000,
+      }),
+      receivedAtMs: now,
+      clientId: device,
+    };
+  });
+}
+
+/**
+ * The approach small aggregators take: multi-row INSERT … ON CONFLICT, one
+ * transaction per batch, on as many connections as the BatchWriter uses.
+ */
+async function insertWriter(pool: pg.Pool, rows: TelemetryRow[], batch: number): Promise<number> {
+  const perStatement = Math.min(batch, Math.floor(65535 / 6));
+  let stored = 0;
+  let next = 0;
+  const lane = async () => {
+    for (let start = next; start < rows.length; start = next) {
+      next += batch;
+      const inserted = await insertBatch(pool, rows.slice(start, start + batch), perStatement);
+      stored += inserted;
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, lane));
+  return stored;
+}
+
+async function insertBatch(
+  pool: pg.Pool,
+  rows: TelemetryRow[],
+  perStatement: number,
+): Promise<number> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    let stored = 0;
+    for (let from = 0; from < rows.length; from += perStatement) {
+      const chunk = rows.slice(from, from + perStatement);
+      const params: unknown[] = [];
+      const tuples = chunk.map((row, i) => {
+        params.push(
+          new Date(row.timeMs),
+          row.topic,
+          row.deviceId,
+          row.eventId,
+          row.payload,
+          new Date(row.receivedAtMs),
+        );
+        const p = i * 6;
+        return `($${p + 1}, $${p + 2}, $${p + 3}, $${p + 4}, $${p + 5}, $${p + 6})`;
+      });
+      const result = await client.query(
+        `INSERT INTO telemetry (time, topic, device_id, event_id, payload, received_at)
+         VALUES ${tuples.join(", ")} ON CONFLICT DO NOTHING`,
+        params,
+      );
+      stored += result.rowCount ?? 0;
+    }
+    await client.query("COMMIT");
+    return stored;
+  } catch (error) {
+    await client.query("ROLLBACK");
+    throw error;
+  } finally {
+    client.release();
+  }
+}
+
+async function batchWriter(pool: pg.Pool, rows: TelemetryRow[], batch: number): Promise<number> {
+  const partitions = new Partitions(pool, { daysAhead: 3, retentionDays: undefined }, logger);
+  const writer = new BatchWriter(
+    pool,
+    partitions,
+    {
+      batchMaxRows: batch,
+      batchMaxWaitMs: 10,
+      queueMaxRows: batch * 4,
+      concurrency: CONCURRENCY,
+      dedupWindowKeys: 1_000_000,
+      maxPayloadBytes: 64 * 1024,
+    },
+    logger,
+  );
+  const outcomes = await Promise.all(rows.map((row) => writer.write(row)));
+  await writer.close();
+  return outcomes.filter((outcome) => outcome.status === "stored").length;
+}
+
+interface Result {
+  writer: string;
+  round: string;
+  rows: number;
+  stored: number;
+  seconds: number;
+  rowsPerSecond: number;
+}
+
+async function measure(
+  url: string,
+  name: string,
+  round: string,
+  rows: TelemetryRow[],
+  run: (pool: pg.Pool, rows: TelemetryRow[], batch: number) => Promise<number>,
+): Promise<Result> {
+  const pool = new pg.Pool({ connectionString: url, max: 3 });
+  pool.on("error", () => {});
+  const started = performance.now();
+  const stored = await run(pool, rows, BATCH);
+  const seconds = (performance.now() - started) / 1000;
+  const { rows: check } = await pool.query<{ n: string; keys: string }>(
+    "SELECT count(*) AS n, count(DISTINCT (topic, event_id)) AS keys FROM telemetry",
+  );
+  await pool.end();
+  if (Number(check[0]?.n) !== rows.length || Number(check[0]?.keys) !== rows.length) {
+    throw new Error(
+      `${name} left ${check[0]?.n} rows (${check[0]?.keys} keys) for ${rows.length} sent`,
+    );
+  }
+  return {
+    writer: name,
+    round,
+    rows: rows.length,
+    stored,
+    seconds,
+    rowsPerSecond: rows.length / seconds,
+  };
+}
+
+/** An empty, migrated database whose partitions already hold every row's day. */
+async function freshDatabase(
+  serverUrl: string,
+  name: string,
+  rows: TelemetryRow[],
+): Promise<string> {
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  await migrate(url.toString());
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 1 });
+  await new Partitions(pool, { daysAhead: 0, retentionDays: undefined }, logger).ensure(
+    rows.map((row) => dayOf(row.timeMs)),
+  );
+  await pool.end();
+  return url.toString();
+}
+
+async function main(): Promise<void> {
+  let server: Database | undefined;
+  let dataDir: string | undefined;
+  let serverUrl = process.env.DATABASE_URL;
+  if (!serverUrl) {
+    dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-bench-"));
+    await fs.chmod(dataDir, 0o755);
+    server = await startEmbedded({ dataDir, port: 54_000 + (process.pid % 1000), logger });
+    serverUrl = server.url;
+  }
+  try {
+    const rows = makeRows(ROWS);
+    const results: Result[] = [];
+    const writers = [
+      ["BatchWriter (COPY)", batchWriter],
+      ["multi-row INSERT … ON CONFLICT", insertWriter],
+    ] as const;
+    for (const [name, run] of writers) {
+      const url = await freshDatabase(serverUrl, "telemetry_bench", rows);
+      if (!args.json) console.error(`${name}: ${ROWS} new rows…`);
+      results.push(await measure(url, name, "new rows", rows, run));
+      if (!args.json) console.error(`${name}: the same ${ROWS} rows again…`);
+      results.push(await measure(url, name, "all repeats", rows, run));
+    }
+    if (args.json) {
+      console.log(JSON.stringify({ rows: ROWS, batch: BATCH, results }, null, 2));
+      return;
+    }
+    console.log(
+      `\n${ROWS} rows of ~${Math.round(rows.reduce((n, r) => n + r.payload.length, 0) / ROWS)}-byte payloads, batches of ${BATCH}\n`,
+    );
+    console.log("| writer | round | rows/s | seconds | stored |");
+    console.log("|---|---|---:|---:|---:|");
+    for (const r of results) {
+      console.log(
+        `| ${r.writer} | ${r.round} | ${Math.round(r.rowsPerSecond).toLocaleString("en-US")} | ${r.seconds.toFixed(2)} | ${r.stored} |`,
+      );
+    }
+    for (const round of ["new rows", "all repeats"]) {
+      const [ours, theirs] = writers.map(
+        ([name]) => results.find((r) => r.writer === name && r.round === round)?.rowsPerSecond ?? 0,
+      );
+      console.log(
+        `\n${round}: BatchWriter / INSERT = ${((ours ?? 0) / (theirs ?? 1)).toFixed(2)}×`,
+      );
+    }
+  } finally {
+    await server?.stop();
+    if (dataDir) await fs.rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+await main();
