@@ -1,33 +1,15 @@
 /**
  * Rows per second into `telemetry`: the BatchWriter (COPY, in batches)
  * beside a plain writer doing multi-row INSERT … ON CONFLICT DO NOTHING, on
- * the same rows, one after the other, in one run.
- *
- *   npm run bench -- [--rows N] [--batch N] [--json]
- *
- * Uses DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL.
+ * the same rows, one after the other.
  */
-import fs from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { parseArgs } from "node:util";
 import pg from "pg";
 import { pino } from "pino";
 import { BatchWriter } from "../bridge/batch-writer.ts";
-import { type Database, startEmbedded } from "../bridge/database.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { dayOf, Partitions } from "../bridge/partitions.ts";
 import type { TelemetryRow } from "../bridge/telemetry-message.ts";
 
-const { values: args } = parseArgs({
-  options: {
-    rows: { type: "string", default: "200000" },
-    batch: { type: "string", default: "5000" },
-    json: { type: "boolean", default: false },
-  },
-});
-const ROWS = Number(args.rows);
-const BATCH = Number(args.batch);
 /** Connections writing at once, the same for both writers. */
 const CONCURRENCY = 2;
 const logger = pino({ level: "silent" });
@@ -137,7 +119,7 @@ async function batchWriter(pool: pg.Pool, rows: TelemetryRow[], batch: number): 
   return outcomes.filter((outcome) => outcome.status === "stored").length;
 }
 
-interface Result {
+export interface Result {
   writer: string;
   round: string;
   rows: number;
@@ -151,12 +133,12 @@ async function measure(
   name: string,
   round: string,
   rows: TelemetryRow[],
-  run: (pool: pg.Pool, rows: TelemetryRow[], batch: number) => Promise<number>,
+  run: (pool: pg.Pool, rows: TelemetryRow[]) => Promise<number>,
 ): Promise<Result> {
   const pool = new pg.Pool({ connectionString: url, max: 3 });
   pool.on("error", () => {});
   const started = performance.now();
-  const stored = await run(pool, rows, BATCH);
+  const stored = await run(pool, rows);
   const seconds = (performance.now() - started) / 1000;
   const { rows: check } = await pool.query<{ n: string; keys: string }>(
     "SELECT count(*) AS n, count(DISTINCT (topic, event_id)) AS keys FROM telemetry",
@@ -199,56 +181,27 @@ async function freshDatabase(
   return url.toString();
 }
 
-async function main(): Promise<void> {
-  let server: Database | undefined;
-  let dataDir: string | undefined;
-  let serverUrl = process.env.DATABASE_URL;
-  if (!serverUrl) {
-    dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-bench-"));
-    await fs.chmod(dataDir, 0o755);
-    server = await startEmbedded({ dataDir, port: 54_000 + (process.pid % 1000), logger });
-    serverUrl = server.url;
-  }
-  try {
-    const rows = makeRows(ROWS);
-    const results: Result[] = [];
-    const writers = [
-      ["BatchWriter (COPY)", batchWriter],
-      ["multi-row INSERT … ON CONFLICT", insertWriter],
-    ] as const;
-    for (const [name, run] of writers) {
-      const url = await freshDatabase(serverUrl, "telemetry_bench", rows);
-      if (!args.json) console.error(`${name}: ${ROWS} new rows…`);
-      results.push(await measure(url, name, "new rows", rows, run));
-      if (!args.json) console.error(`${name}: the same ${ROWS} rows again…`);
-      results.push(await measure(url, name, "all repeats", rows, run));
-    }
-    if (args.json) {
-      console.log(JSON.stringify({ rows: ROWS, batch: BATCH, results }, null, 2));
-      return;
-    }
-    console.log(
-      `\n${ROWS} rows of ~${Math.round(rows.reduce((n, r) => n + r.payload.length, 0) / ROWS)}-byte payloads, batches of ${BATCH}\n`,
-    );
-    console.log("| writer | round | rows/s | seconds | stored |");
-    console.log("|---|---|---:|---:|---:|");
-    for (const r of results) {
-      console.log(
-        `| ${r.writer} | ${r.round} | ${Math.round(r.rowsPerSecond).toLocaleString("en-US")} | ${r.seconds.toFixed(2)} | ${r.stored} |`,
-      );
-    }
-    for (const round of ["new rows", "all repeats"]) {
-      const [ours, theirs] = writers.map(
-        ([name]) => results.find((r) => r.writer === name && r.round === round)?.rowsPerSecond ?? 0,
-      );
-      console.log(
-        `\n${round}: BatchWriter / INSERT = ${((ours ?? 0) / (theirs ?? 1)).toFixed(2)}×`,
-      );
-    }
-  } finally {
-    await server?.stop();
-    if (dataDir) await fs.rm(dataDir, { recursive: true, force: true });
-  }
-}
+export const WRITERS = ["BatchWriter (COPY)", "multi-row INSERT … ON CONFLICT"] as const;
+export const ROUNDS = ["new rows", "all repeats"] as const;
 
-await main();
+/** Each writer stores `rowCount` new rows into an empty table, then the same rows again. */
+export async function benchWriters(
+  serverUrl: string,
+  rowCount: number,
+  batch: number,
+  progress: (line: string) => void,
+): Promise<{ payloadBytes: number; results: Result[] }> {
+  const rows = makeRows(rowCount);
+  const results: Result[] = [];
+  const runs = [batchWriter, insertWriter];
+  for (const [i, name] of WRITERS.entries()) {
+    const run = runs[i] as typeof batchWriter;
+    const url = await freshDatabase(serverUrl, "telemetry_bench", rows);
+    for (const round of ROUNDS) {
+      progress(`${name}: ${round}, ${rowCount} rows…`);
+      results.push(await measure(url, name, round, rows, (pool, r) => run(pool, r, batch)));
+    }
+  }
+  const payloadBytes = Math.round(rows.reduce((n, r) => n + r.payload.length, 0) / rowCount);
+  return { payloadBytes, results };
+}

@@ -130,7 +130,7 @@ export function loadConfig(env: Env = process.env): Config {
     batchMaxWaitMs: integer(env, "BATCH_MAX_WAIT_MS", defaults.batchMaxWaitMs, 0, 60_000),
     queueMaxRows,
     batchConcurrency: integer(env, "BATCH_CONCURRENCY", defaults.batchConcurrency, 1, 16),
-    dedupWindowKeys: integer(env, "DEDUP_WINDOW_KEYS", defaults.dedupWindowKeys, 0, 100_000_000),
+    dedupWindowKeys: integer(env, "DEDUP_WINDOW_KEYS", defaults.dedupWindowKeys, 0, 16_000_000),
     maxPayloadBytes: integer(
       env,
       "MAX_PAYLOAD_BYTES",

@@ -29,7 +29,14 @@ export class DedupWindow {
   }
 }
 
-/** Identity of a message: topic and event_id, plus `ts`, which the unique index also holds. */
+/**
+ * Identity of a message: topic and event_id, plus `ts`, which the unique
+ * index also holds. A template literal alone makes a rope of its parts,
+ * about 700 heap bytes once a Set holds it; a round trip through UTF-8 makes
+ * one flat string of 40-odd bytes plus its length. The round trip is
+ * lossless only for well-formed text, so a lone surrogate keeps the rope.
+ */
 export function dedupKey(topic: string, eventId: string, timeMs: number): string {
-  return `${topic}\u0000${eventId}\u0000${timeMs}`;
+  const key = `${topic}\u0000${eventId}\u0000${timeMs}`;
+  return key.isWellFormed() ? Buffer.from(key).toString() : key;
 }

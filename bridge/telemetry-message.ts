@@ -116,10 +116,14 @@ export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): Pa
   const { topic, payload } = message;
   const deviceId = topic.split("/")[1];
   if (!deviceId) return reject("topic_invalid", "topic must be <prefix>/<device_id>/…");
-  if (Buffer.byteLength(topic) > MAX_TOPIC_BYTES || topic.includes("\u0000")) {
+  if (
+    Buffer.byteLength(topic) > MAX_TOPIC_BYTES ||
+    topic.includes("\u0000") ||
+    !topic.isWellFormed()
+  ) {
     return reject(
       "topic_invalid",
-      `topic must be at most ${MAX_TOPIC_BYTES} bytes, without U+0000`,
+      `topic must be at most ${MAX_TOPIC_BYTES} bytes of Unicode, without U+0000`,
     );
   }
   if (payload.length > maxPayloadBytes) {
@@ -142,7 +146,9 @@ export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): Pa
     typeof eventId !== "string" ||
     eventId.length === 0 ||
     (eventId.length > MAX_EVENT_ID_CHARS && codePoints(eventId) > MAX_EVENT_ID_CHARS) ||
-    eventId.includes("\u0000")
+    eventId.includes("\u0000") ||
+    // PostgreSQL would store a lone surrogate as U+FFFD, merging distinct ids.
+    !eventId.isWellFormed()
   ) {
     return reject(
       "event_id_invalid",

@@ -24,6 +24,11 @@ describe("DedupWindow", () => {
     expect(dedupKey("a/b", "c", 1)).not.toBe(dedupKey("a", "b/c", 1));
   });
 
+  it("keeps every character of the key, lone surrogates included", () => {
+    expect(dedupKey("t/ü/😀", "é", 1)).toBe("t/ü/😀\u0000é\u00001");
+    expect(dedupKey("t/d", "\ud800", 1)).not.toBe(dedupKey("t/d", "\ufffd", 1));
+  });
+
   it("stores nothing with capacity 0", () => {
     const window = new DedupWindow(0);
     window.add("a");

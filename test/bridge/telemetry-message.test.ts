@@ -83,6 +83,8 @@ describe("parseTelemetry", () => {
     expect(reason(`{"event_id":"",${ok}}`)).toBe("event_id_invalid");
     expect(reason(`{"event_id":"${"x".repeat(129)}",${ok}}`)).toBe("event_id_invalid");
     expect(reason(`{"event_id":"a\\u0000b",${ok}}`)).toBe("event_id_invalid");
+    expect(reason(`{"event_id":"a\\ud800",${ok}}`)).toBe("event_id_invalid");
+    expect(reason(`{"event_id":"a",${ok}}`, "telemetry/d/\ud800")).toBe("topic_invalid");
     expect(reason(`{"event_id":"a"}`)).toBe("ts_missing");
     expect(reason(`{"event_id":"a","ts":"noon"}`)).toBe("ts_invalid");
     expect(reason(`{"event_id":"a",${ok},"note":"x\\u0000"}`)).toBe("payload_nul_character");

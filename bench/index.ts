@@ -1,0 +1,71 @@
+/**
+ * npm run bench -- [--rows N] [--batch N] [--window-keys N] [--json]
+ *
+ * Runs against DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL.
+ */
+import { parseArgs } from "node:util";
+import { startTestServer, type TestServer } from "../test/helpers/embedded-server.ts";
+import { benchDedupWindow } from "./dedup-window.ts";
+import { benchWriters, ROUNDS, WRITERS } from "./writer.ts";
+
+const { values: args } = parseArgs({
+  options: {
+    rows: { type: "string", default: "200000" },
+    batch: { type: "string", default: "5000" },
+    "window-keys": { type: "string", default: "1000000" },
+    json: { type: "boolean", default: false },
+  },
+});
+
+function positive(name: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`);
+  return n;
+}
+
+const rows = positive("rows", args.rows);
+const batch = positive("batch", args.batch);
+const windowKeys = positive("window-keys", args["window-keys"]);
+const progress = (line: string) => {
+  if (!args.json) console.error(line);
+};
+
+let server: TestServer | undefined;
+let serverUrl = process.env.DATABASE_URL;
+if (!serverUrl) {
+  progress("starting an embedded PostgreSQL…");
+  server = await startTestServer();
+  serverUrl = server.url;
+}
+try {
+  const writers = await benchWriters(serverUrl, rows, batch, progress);
+  progress(`dedup window: ${windowKeys} keys…`);
+  const window = benchDedupWindow(windowKeys);
+  if (args.json) {
+    console.log(JSON.stringify({ rows, batch, ...writers, window }, null, 2));
+  } else {
+    console.log(`\n${rows} rows of ~${writers.payloadBytes}-byte payloads, batches of ${batch}\n`);
+    console.log("| writer | round | rows/s | seconds | stored |");
+    console.log("|---|---|---:|---:|---:|");
+    for (const r of writers.results) {
+      const perSecond = Math.round(r.rowsPerSecond).toLocaleString("en-US");
+      console.log(
+        `| ${r.writer} | ${r.round} | ${perSecond} | ${r.seconds.toFixed(2)} | ${r.stored} |`,
+      );
+    }
+    console.log("");
+    for (const round of ROUNDS) {
+      const [ours, theirs] = WRITERS.map(
+        (name) =>
+          writers.results.find((r) => r.writer === name && r.round === round)?.rowsPerSecond ?? 0,
+      );
+      console.log(`${round}: BatchWriter / INSERT = ${((ours ?? 0) / (theirs ?? 1)).toFixed(2)}×`);
+    }
+    console.log(
+      `\ndedup window: ${window.keys.toLocaleString("en-US")} keys in ${window.heapMiB.toFixed(1)} MiB of heap, ` +
+        `${Math.round(window.bytesPerKey)} bytes per key`,
+    );
+  }
+} finally {
+  await server?.destroy();
+}
