@@ -119,7 +119,8 @@ function describe(error: unknown): string {
  * `batchMaxWaitMs`; then one transaction (up to `concurrency` at once) COPYs them into `telemetry` and
  * their dead letters into `telemetry_rejected`. If the unique index finds a
  * message already stored, the batch is written again through a staging
- * table with `ON CONFLICT DO NOTHING`, which tells stored from duplicate.
+ * table with `ON CONFLICT DO NOTHING`, which tells stored from duplicate;
+ * later batches take that path first until one finds no duplicate.
  * A row PostgreSQL refuses is dead-lettered and the rest written again;
  * connection failures and retryable SQLSTATEs are retried with backoff for
  * as long as it takes, while callers wait.
@@ -150,6 +151,12 @@ export class BatchWriter {
   /** Messages in those batches. */
   private writing = 0;
   private closing = false;
+  /**
+   * Set when the unique index last found duplicates (typically right after a
+   * restart, with the window empty): batches then go straight through the
+   * staging table instead of failing a plain COPY first.
+   */
+  private expectDuplicates = false;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -315,12 +322,13 @@ export class BatchWriter {
    * error that retrying cannot fix.
    */
   private async commit(rows: RowItem[], letters: LetterItem[]): Promise<void> {
-    let merge = false;
+    let merge = this.expectDuplicates;
     let partitionsRefreshed = false;
     let attempt = 0;
     for (;;) {
       try {
         const stored = await this.writeOnce(rows, letters, merge);
+        if (stored !== undefined) this.expectDuplicates = stored.size < rows.length;
         this.settle(rows, letters, stored);
         return;
       } catch (error) {
@@ -341,6 +349,7 @@ export class BatchWriter {
         }
         if (code === UNIQUE_VIOLATION && !merge) {
           merge = true;
+          this.expectDuplicates = true;
           continue;
         }
         if (code === CHECK_VIOLATION && !partitionsRefreshed) {
