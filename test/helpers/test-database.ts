@@ -32,6 +32,7 @@ export interface TestDatabase {
  * against. Dropped after the file when every test passed; kept for
  * inspection when one failed.
  */
+/** Call it at the top of a test file, where its hooks can be registered. */
 export async function createTestDatabase(
   label: string,
   serverUrl = inject("databaseUrl"),

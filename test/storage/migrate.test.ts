@@ -33,6 +33,9 @@ async function appliedMigrations(url: string): Promise<string[]> {
   }
 }
 
+const fresh = await createTestDatabase("migrate_once", undefined, { migrate: false });
+const raced = await createTestDatabase("migrate_race", undefined, { migrate: false });
+
 describe("migrations", () => {
   it("are numbered without gaps", async () => {
     const migrations = await readMigrations();
@@ -40,16 +43,14 @@ describe("migrations", () => {
   });
 
   it("apply once; running again is a no-op", async () => {
-    const db = await createTestDatabase("migrate_once", undefined, { migrate: false });
     const all = (await readMigrations()).map((m) => m.name);
-    expect(await migrate(db.url)).toEqual(all);
-    expect(await migrate(db.url)).toEqual([]);
-    expect(await appliedMigrations(db.url)).toEqual(all);
+    expect(await migrate(fresh.url)).toEqual(all);
+    expect(await migrate(fresh.url)).toEqual([]);
+    expect(await appliedMigrations(fresh.url)).toEqual(all);
   });
 
   it("are safe when two processes start together", async () => {
-    const db = await createTestDatabase("migrate_race", undefined, { migrate: false });
-    const [a, b] = await Promise.all([runMigrateCli(db.url), runMigrateCli(db.url)]);
+    const [a, b] = await Promise.all([runMigrateCli(raced.url), runMigrateCli(raced.url)]);
     expect(a.code, a.output).toBe(0);
     expect(b.code, b.output).toBe(0);
     const said = [a.output, b.output].map((output) =>
@@ -60,6 +61,6 @@ describe("migrations", () => {
           : output,
     );
     expect(said.sort()).toEqual(["applied", "noop"]);
-    expect(await appliedMigrations(db.url)).toEqual((await readMigrations()).map((m) => m.name));
+    expect(await appliedMigrations(raced.url)).toEqual((await readMigrations()).map((m) => m.name));
   });
 });
