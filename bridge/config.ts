@@ -1,5 +1,6 @@
 import path from "node:path";
 import cron from "node-cron";
+import { validateFilter } from "../broker/topic-filter.ts";
 
 /**
  * Every setting the service reads, with its default. Environment variables
@@ -7,6 +8,15 @@ import cron from "node-cron";
  * when it is wrong.
  */
 export interface Config {
+  /** TCP port of the MQTT broker. */
+  mqttPort: number;
+  /** MQTT filters whose messages are stored; others are only brokered. */
+  bridgeTopics: string[];
+  /**
+   * Longest a device waits for its PUBACK while PostgreSQL is slow or down;
+   * then it is disconnected and resends. Capped by the client's keepalive.
+   */
+  ingestTimeoutMs: number;
   /** Use this PostgreSQL server; unset starts the embedded one. */
   databaseUrl: string | undefined;
   /** Where the embedded PostgreSQL keeps its cluster. */
@@ -38,6 +48,9 @@ export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export const defaults = {
+  mqttPort: 1883,
+  bridgeTopics: ["telemetry/#"],
+  ingestTimeoutMs: 30_000,
   databaseUrl: undefined,
   dataDir: ".data",
   pgPort: 54329,
@@ -101,6 +114,21 @@ function logLevel(env: Env): LogLevel {
   return level;
 }
 
+function topics(env: Env): string[] {
+  const raw = env.BRIDGE_TOPICS;
+  if (raw === undefined || raw.trim() === "") return defaults.bridgeTopics;
+  const filters = raw.split(",").map((filter) => filter.trim());
+  for (const filter of filters) {
+    const problem = validateFilter(filter);
+    if (problem) {
+      throw new ConfigError(
+        `BRIDGE_TOPICS must be comma-separated MQTT filters such as "telemetry/#": "${filter}" ${problem}`,
+      );
+    }
+  }
+  return filters;
+}
+
 function schedule(env: Env): string {
   const raw = env.PARTITION_SCHEDULE;
   if (raw === undefined || raw.trim() === "") return defaults.partitionSchedule;
@@ -122,6 +150,9 @@ export function loadConfig(env: Env = process.env): Config {
     );
   }
   return {
+    mqttPort: integer(env, "MQTT_PORT", defaults.mqttPort, 0, 65535),
+    bridgeTopics: topics(env),
+    ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
     databaseUrl: databaseUrl(env),
     dataDir: path.resolve(env.DATA_DIR?.trim() || defaults.dataDir),
     pgPort: integer(env, "PG_PORT", defaults.pgPort, 1, 65535),

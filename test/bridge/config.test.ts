@@ -10,6 +10,9 @@ describe("loadConfig", () => {
 
   it("reads every variable", () => {
     const config = loadConfig({
+      MQTT_PORT: "1884",
+      BRIDGE_TOPICS: "telemetry/#, plant/+/sensors",
+      INGEST_TIMEOUT_MS: "5000",
       DATABASE_URL: "postgres://u:p@db:5432/x",
       DATA_DIR: "/var/lib/tb",
       PG_PORT: "6000",
@@ -25,6 +28,9 @@ describe("loadConfig", () => {
       PARTITION_SCHEDULE: "0 * * * *",
     });
     expect(config).toEqual({
+      mqttPort: 1884,
+      bridgeTopics: ["telemetry/#", "plant/+/sensors"],
+      ingestTimeoutMs: 5000,
       databaseUrl: "postgres://u:p@db:5432/x",
       dataDir: "/var/lib/tb",
       pgPort: 6000,
@@ -48,6 +54,9 @@ describe("loadConfig", () => {
         /^BATCH_MAX_ROWS must be an integer from 1 to 100000 \(got "many"\)$/,
       ],
       [{ PG_PORT: "70000" }, /^PG_PORT /],
+      [{ MQTT_PORT: "-1" }, /^MQTT_PORT /],
+      [{ BRIDGE_TOPICS: "telemetry/#/x" }, /^BRIDGE_TOPICS .*"telemetry\/#\/x" has #/],
+      [{ BRIDGE_TOPICS: "a,,b" }, /^BRIDGE_TOPICS .*"" is empty/],
       [{ RETENTION_DAYS: "0" }, /^RETENTION_DAYS /],
       [{ DATABASE_URL: "mysql://x" }, /^DATABASE_URL must start with postgres:\/\//],
       [{ DATABASE_URL: "localhost" }, /^DATABASE_URL must be a URL/],

@@ -1,0 +1,120 @@
+import pg from "pg";
+import { BatchWriter } from "../bridge/batch-writer.ts";
+import type { Config } from "../bridge/config.ts";
+import { type Database, openDatabase } from "../bridge/database.ts";
+import type { Logger } from "../bridge/logger.ts";
+import { migrate } from "../bridge/migrate.ts";
+import { Partitions } from "../bridge/partitions.ts";
+import { createIngestHooks } from "../broker/ingest-hook.ts";
+import { type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
+
+export interface Service {
+  mqttPort: number;
+  database: Database;
+  writer: BatchWriter;
+  mqtt: MqttServer;
+  /** Stops accepting, commits and acknowledges what was received, then closes everything. */
+  close(): Promise<void>;
+}
+
+const STATS_INTERVAL_MS = 10_000;
+
+/** Database, migrations, partition job, writer and broker, started in that order. */
+export async function startService(config: Config, logger: Logger): Promise<Service> {
+  const database = await openDatabase(config, logger);
+  const cleanup: (() => Promise<void> | void)[] = [() => database.stop()];
+  const unwind = async () => {
+    for (const step of cleanup.reverse()) await step();
+  };
+  try {
+    const applied = await migrate(database.url);
+    if (applied.length > 0) logger.info({ applied }, "migrations applied");
+
+    const pool = new pg.Pool({
+      connectionString: database.url,
+      max: config.batchConcurrency + 2,
+      application_name: "telemetry-bridge",
+    });
+    pool.on("error", (error) =>
+      logger.warn({ error: error.message }, "idle PostgreSQL connection lost"),
+    );
+    cleanup.push(() => pool.end());
+
+    const partitions = new Partitions(
+      pool,
+      { daysAhead: config.partitionDaysAhead, retentionDays: config.retentionDays },
+      logger,
+    );
+    await partitions.maintain();
+    const job = partitions.schedule(config.partitionSchedule);
+    cleanup.push(() => job.stop());
+
+    const writer = new BatchWriter(
+      pool,
+      partitions,
+      {
+        batchMaxRows: config.batchMaxRows,
+        batchMaxWaitMs: config.batchMaxWaitMs,
+        queueMaxRows: config.queueMaxRows,
+        concurrency: config.batchConcurrency,
+        dedupWindowKeys: config.dedupWindowKeys,
+        maxPayloadBytes: config.maxPayloadBytes,
+      },
+      logger,
+    );
+    cleanup.push(() => writer.close());
+
+    const hooks = createIngestHooks({
+      ingest: writer,
+      topics: config.bridgeTopics,
+      timeoutMs: config.ingestTimeoutMs,
+      logger,
+    });
+    const mqtt = await startMqttServer(config.mqttPort, hooks, logger);
+
+    const stats = reportStats(writer, mqtt, logger);
+    let closing: Promise<void> | undefined;
+    const close = () => {
+      closing ??= (async () => {
+        clearInterval(stats);
+        mqtt.stopAccepting();
+        // Messages already received are committed and acknowledged; clients
+        // that send more meanwhile are disconnected without a PUBACK.
+        await writer.close();
+        await new Promise((resolve) => setImmediate(resolve));
+        await mqtt.close();
+        await unwind();
+      })();
+      return closing;
+    };
+    return { mqttPort: mqtt.port, database, writer, mqtt, close };
+  } catch (error) {
+    await unwind().catch((failure: unknown) => logger.error({ err: failure }, "cleanup failed"));
+    throw error;
+  }
+}
+
+function reportStats(writer: BatchWriter, mqtt: MqttServer, logger: Logger): NodeJS.Timeout {
+  let last = { ...writer.counters, at: Date.now() };
+  const timer = setInterval(() => {
+    const now = { ...writer.counters, at: Date.now() };
+    const seconds = (now.at - last.at) / 1000;
+    const rate = (key: "received" | "stored") => Math.round((now[key] - last[key]) / seconds);
+    if (now.received !== last.received || writer.queueDepth > 0) {
+      logger.info(
+        {
+          receivedPerSecond: rate("received"),
+          storedPerSecond: rate("stored"),
+          duplicates: now.duplicateWindow + now.duplicateDatabase,
+          rejected: Object.values(now.rejected).reduce((sum, n) => sum + (n ?? 0), 0),
+          queueDepth: writer.queueDepth,
+          clients: mqtt.broker.connectedClients,
+        },
+        "ingest",
+      );
+    }
+    last = now;
+  }, STATS_INTERVAL_MS);
+  timer.unref();
+  return timer;
+}

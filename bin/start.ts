@@ -1,0 +1,77 @@
+import { ConfigError, loadConfig } from "../bridge/config.ts";
+import { redactUrl } from "../bridge/database.ts";
+import { createLogger } from "../bridge/logger.ts";
+import { type Service, startService } from "./service.ts";
+
+/** `npm start`: everything on one machine, until SIGINT or SIGTERM. */
+async function main(): Promise<void> {
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig();
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(`invalid configuration: ${error.message}`);
+    process.exit(2);
+  }
+  const logger = createLogger(config.logLevel);
+  let service: Service | undefined;
+
+  let signals = 0;
+  const shutdown = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      logger.warn({ signal }, "second signal: exiting without waiting");
+      process.exit(1);
+    }
+    logger.info({ signal }, "shutting down: committing what was received (signal again to force)");
+    const closing = service ? service.close() : Promise.resolve();
+    closing.then(
+      () => {
+        logger.info("stopped");
+        process.exit(0);
+      },
+      (error: unknown) => {
+        logger.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGINT", shutdown);
+  process.on("SIGTERM", shutdown);
+
+  service = await startService(config, logger);
+  const mqttUrl = `mqtt://localhost:${service.mqttPort}`;
+  const databaseUrl = service.database.url;
+  logger.info(
+    {
+      mqtt: mqttUrl,
+      topics: config.bridgeTopics,
+      database: redactUrl(databaseUrl),
+      embedded: service.database.embedded,
+    },
+    "ready",
+  );
+  if (process.stdout.isTTY) {
+    const example = `{"event_id":"e-1","ts":"${new Date().toISOString()}","temperature":21.5}`;
+    console.log(
+      [
+        "",
+        "telemetry-bridge is running",
+        `  MQTT       ${mqttUrl}   (stored: ${config.bridgeTopics.join(", ")})`,
+        `  PostgreSQL ${databaseUrl}${service.database.embedded ? `   (embedded, data in ${config.dataDir})` : ""}`,
+        "",
+        "  Publish    mosquitto_pub -p " +
+          `${service.mqttPort} -q 1 -t telemetry/dev-1/env -m '${example}'`,
+        `  Watch      mosquitto_sub -p ${service.mqttPort} -t 'telemetry/#' -v`,
+        `  Query      psql '${databaseUrl}' -c 'SELECT * FROM telemetry ORDER BY time DESC LIMIT 10'`,
+        "  Grafana    add a PostgreSQL data source with the URL above",
+        "",
+      ].join("\n"),
+    );
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error instanceof Error ? error.message : String(error));
+  process.exit(1);
+});

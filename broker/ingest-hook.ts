@@ -1,0 +1,198 @@
+import type { AedesPublishPacket, Client, ConnectPacket, PublishPacket } from "aedes";
+import type { WriteOutcome } from "../bridge/batch-writer.ts";
+import type { Logger } from "../bridge/logger.ts";
+import type { RawMessage } from "../bridge/telemetry-message.ts";
+import { topicMatcher } from "./topic-filter.ts";
+
+/** Where bridged messages go: settles once the message is committed. */
+export interface Ingest {
+  ingest(message: RawMessage): Promise<WriteOutcome>;
+}
+
+export interface IngestHookOptions {
+  ingest: Ingest;
+  topics: readonly string[];
+  /** Longest wait for a commit before the client is disconnected. */
+  timeoutMs: number;
+  logger: Logger;
+}
+
+type Callback = (error?: Error | null) => void;
+
+interface Waiting {
+  callback: Callback;
+  deadline: number;
+  done: boolean;
+  error: Error | undefined;
+}
+
+interface ClientState {
+  queue: Waiting[];
+  timer: NodeJS.Timeout | undefined;
+  timerFor: Waiting | undefined;
+  /** Set once the client was disconnected for a late commit: later outcomes are ignored. */
+  abandoned: boolean;
+}
+
+export class IngestTimeoutError extends Error {
+  override name = "IngestTimeoutError";
+}
+
+/**
+ * The aedes hooks that make QoS 1 mean "committed".
+ *
+ * aedes sends the PUBACK right after `authorizePublish` calls back, before
+ * anything else sees the message. So for a bridged topic the hook hands the
+ * message to the writer and calls back only once it is committed (stored,
+ * duplicate or dead-lettered), releasing each client's callbacks in the
+ * order its messages arrived, as MQTT requires of PUBACKs.
+ *
+ * While aedes waits on these callbacks it stops reading that client's
+ * socket, PINGREQs included. A wait is therefore capped below the client's
+ * keepalive: past the cap the client is disconnected without a PUBACK and
+ * resends once it reconnects.
+ */
+export function createIngestHooks(options: IngestHookOptions) {
+  const bridged = topicMatcher(options.topics);
+  const keepaliveMs = new WeakMap<Client, number>();
+  const clients = new WeakMap<Client, ClientState>();
+  /** Payloads of redeliveries: acknowledged, but not forwarded to subscribers a second time. */
+  const repeats = new WeakSet<Buffer>();
+
+  function capFor(client: Client): number {
+    const keepalive = keepaliveMs.get(client) ?? 0;
+    // aedes gives up on a silent client at 1.5 × keepalive; stay well under it.
+    return keepalive > 0 ? Math.min(options.timeoutMs, keepalive) : options.timeoutMs;
+  }
+
+  function release(client: Client, state: ClientState): void {
+    if (state.abandoned) return;
+    let head = state.queue[0];
+    while (head?.done) {
+      state.queue.shift();
+      if (head.error) {
+        // aedes closes the connection on this error; what follows will be resent.
+        abandon(client, state);
+        head.callback(head.error);
+        return;
+      }
+      head.callback(null);
+      head = state.queue[0];
+    }
+    arm(client, state);
+  }
+
+  function arm(client: Client, state: ClientState): void {
+    const head = state.queue[0];
+    if (state.timerFor === head) return;
+    if (state.timer) clearTimeout(state.timer);
+    state.timer = undefined;
+    state.timerFor = head;
+    if (!head) return;
+    state.timer = setTimeout(() => expire(client, state), Math.max(0, head.deadline - Date.now()));
+  }
+
+  function abandon(client: Client, state: ClientState): void {
+    state.abandoned = true;
+    if (state.timer) clearTimeout(state.timer);
+    clients.delete(client);
+  }
+
+  function expire(client: Client, state: ClientState): void {
+    const head = state.queue[0];
+    if (!head || head.done) return;
+    abandon(client, state);
+    options.logger.warn(
+      { clientId: client.id, waiting: state.queue.length, capMs: capFor(client) },
+      "no commit in time; disconnecting the client so it resends",
+    );
+    // An error from authorizePublish makes aedes close the connection without a PUBACK.
+    head.callback(new IngestTimeoutError(`not committed within ${capFor(client)} ms`));
+  }
+
+  function track(client: Client): ClientState {
+    let state = clients.get(client);
+    if (!state) {
+      state = { queue: [], timer: undefined, timerFor: undefined, abandoned: false };
+      clients.set(client, state);
+    }
+    return state;
+  }
+
+  function preConnect(
+    client: Client,
+    packet: ConnectPacket,
+    callback: (error: Error | null, success: boolean) => void,
+  ): void {
+    keepaliveMs.set(client, (packet.keepalive ?? 0) * 1000);
+    callback(null, true);
+  }
+
+  function authorizePublish(
+    client: Client | null,
+    packet: PublishPacket,
+    callback: Callback,
+  ): void {
+    // Overriding the hook drops aedes' own guard; keep it.
+    if (packet.topic.startsWith("$SYS/")) {
+      callback(new Error("$SYS/ topics are reserved for the broker"));
+      return;
+    }
+    if (!bridged(packet.topic)) {
+      callback(null);
+      return;
+    }
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+    packet.payload = payload;
+    const outcome = options.ingest.ingest({
+      topic: packet.topic,
+      payload,
+      clientId: client ? client.id : null,
+      receivedAtMs: Date.now(),
+    });
+    const remember = (result: WriteOutcome) => {
+      if (result.status === "duplicate") repeats.add(payload);
+    };
+    if (!client) {
+      // A will message: no connection waits on it.
+      outcome.then(
+        (result) => {
+          remember(result);
+          callback(null);
+        },
+        (error: Error) => callback(error),
+      );
+      return;
+    }
+    const state = track(client);
+    const waiting: Waiting = {
+      callback,
+      deadline: Date.now() + capFor(client),
+      done: false,
+      error: undefined,
+    };
+    state.queue.push(waiting);
+    arm(client, state);
+    outcome.then(
+      (result) => {
+        remember(result);
+        waiting.done = true;
+        release(client, state);
+      },
+      (error: Error) => {
+        waiting.done = true;
+        waiting.error = error;
+        release(client, state);
+      },
+    );
+  }
+
+  function authorizeForward(
+    _client: Client,
+    packet: AedesPublishPacket,
+  ): AedesPublishPacket | null {
+    return repeats.has(packet.payload as Buffer) ? null : packet;
+  }
+
+  return { preConnect, authorizePublish, authorizeForward };
+}

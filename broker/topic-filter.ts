@@ -1,0 +1,35 @@
+/**
+ * MQTT topic filters (`+` one level, `#` this level and all below), as in
+ * MQTT 3.1.1 §4.7. Topics starting with `$` only match filters that name
+ * them, never a leading wildcard.
+ */
+
+export function validateFilter(filter: string): string | undefined {
+  if (filter.length === 0) return "is empty";
+  const levels = filter.split("/");
+  for (const [i, level] of levels.entries()) {
+    if (level.includes("#") && (level !== "#" || i !== levels.length - 1)) {
+      return "has # other than as the whole last level";
+    }
+    if (level.includes("+") && level !== "+") return "has + other than as a whole level";
+  }
+  return undefined;
+}
+
+export function topicMatches(filter: string, topic: string): boolean {
+  if (topic.startsWith("$") && (filter.startsWith("+") || filter.startsWith("#"))) return false;
+  const f = filter.split("/");
+  const t = topic.split("/");
+  for (let i = 0; i < f.length; i++) {
+    const level = f[i];
+    if (level === "#") return true;
+    if (i >= t.length) return false;
+    if (level !== "+" && level !== t[i]) return false;
+  }
+  return f.length === t.length;
+}
+
+/** A matcher for a list of filters. */
+export function topicMatcher(filters: readonly string[]): (topic: string) => boolean {
+  return (topic) => filters.some((filter) => topicMatches(filter, topic));
+}

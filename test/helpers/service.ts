@@ -1,0 +1,45 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { createInterface } from "node:readline";
+import { type Service, startService } from "../../bin/service.ts";
+import { loadConfig } from "../../bridge/config.ts";
+import { silentLogger } from "./test-database.ts";
+
+/** The whole service in this process, on a free MQTT port, against `databaseUrl`. */
+export function startTestService(
+  databaseUrl: string,
+  env: Record<string, string> = {},
+): Promise<Service> {
+  const config = loadConfig({ DATABASE_URL: databaseUrl, MQTT_PORT: "0", ...env });
+  return startService(config, silentLogger);
+}
+
+export interface ServiceProcess {
+  child: ChildProcess;
+  /** Every log line it printed, for assertions and for failure messages. */
+  output: string[];
+  exited: Promise<number | null>;
+}
+
+/** `npm start` as a child process; resolves once it logs "ready". */
+export async function spawnService(env: Record<string, string>): Promise<ServiceProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", "bin/start.ts"], {
+    env: { ...process.env, LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const output: string[] = [];
+  const exited = once(child, "exit").then(([code]) => code as number | null);
+  const ready = new Promise<void>((resolve, reject) => {
+    for (const stream of [child.stdout, child.stderr]) {
+      createInterface({ input: stream }).on("line", (line) => {
+        output.push(line);
+        if (line.includes('"msg":"ready"')) resolve();
+      });
+    }
+    exited.then((code) =>
+      reject(new Error(`service exited (${code}) before ready:\n${output.join("\n")}`)),
+    );
+  });
+  await ready;
+  return { child, output, exited };
+}
