@@ -4,7 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
-import { connectDevice, publishAcked, reading } from "../helpers/device.ts";
+import { closed, connectDevice, nextMessage, publishAcked, reading } from "../helpers/device.ts";
 import { startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";
@@ -153,10 +153,10 @@ describe("the bridge, end to end over MQTT", () => {
   it("brokers topics outside BRIDGE_TOPICS without storing them", async () => {
     const listener = await connectDevice(service.mqttPort, "other-listener");
     await listener.subscribeAsync("other/#", { qos: 1 });
-    const received = once(listener, "message");
+    const received = nextMessage(listener);
     const device = await connectDevice(service.mqttPort, "other-device");
     await publishAcked(device, "other/dev/env", reading("other", 1));
-    const [topic] = await received;
+    const { topic } = await received;
     expect(topic).toBe("other/dev/env");
     expect(
       await count(pool, "SELECT count(*) AS n FROM telemetry WHERE topic LIKE 'other/%'"),
@@ -196,9 +196,9 @@ describe("the bridge, end to end over MQTT", () => {
 
   it("disconnects a client that publishes to $SYS/", async () => {
     const device = await connectDevice(service.mqttPort, "sys-writer");
-    const closed = once(device, "close");
+    const disconnected = closed(device);
     device.publish("$SYS/broker/fake", "x", { qos: 1 });
-    await closed;
+    await disconnected;
     device.end(true);
   });
 });

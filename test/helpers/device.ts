@@ -27,3 +27,13 @@ export async function publishAcked(
 export function reading(device: string, n: number, ts = Date.now()): string {
   return JSON.stringify({ event_id: `${device}-${n}`, ts, temperature: 20 + (n % 7) });
 }
+
+export function nextMessage(device: Device): Promise<{ topic: string; payload: Buffer }> {
+  return new Promise((resolve) =>
+    device.once("message", (topic, payload) => resolve({ topic, payload })),
+  );
+}
+
+export function closed(device: Device): Promise<void> {
+  return new Promise((resolve) => device.once("close", () => resolve()));
+}
