@@ -37,3 +37,44 @@ export function nextMessage(device: Device): Promise<{ topic: string; payload: B
 export function closed(device: Device): Promise<void> {
   return new Promise((resolve) => device.once("close", () => resolve()));
 }
+
+/**
+ * Publishes `count` readings with QoS 1, at most `inflight` unacknowledged
+ * at a time, and records each PUBACK with the time it arrived.
+ */
+export class Stream {
+  readonly acked = new Map<string, number>();
+  private sent = 0;
+
+  constructor(
+    private readonly device: Device,
+    private readonly name: string,
+    private readonly count: number,
+    private readonly inflight: number,
+  ) {}
+
+  /** Resolves once every reading is acknowledged. */
+  run(): Promise<void> {
+    const ts = Date.now();
+    return new Promise((resolve, reject) => {
+      const next = () => {
+        if (this.acked.size === this.count) return resolve();
+        while (this.sent < this.count && this.sent - this.acked.size < this.inflight) {
+          const n = this.sent++;
+          const eventId = `${this.name}-${n}`;
+          this.device.publish(
+            `telemetry/${this.name}/env`,
+            reading(this.name, n, ts + n),
+            { qos: 1 },
+            (error) => {
+              if (error) return reject(error);
+              this.acked.set(eventId, Date.now());
+              next();
+            },
+          );
+        }
+      };
+      next();
+    });
+  }
+}
