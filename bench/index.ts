@@ -1,11 +1,12 @@
 /**
- * npm run bench -- [--rows N] [--batch N] [--window-keys N] [--json]
+ * npm run bench -- [--messages N] [--rows N] [--batch N] [--window-keys N] [--json]
  *
  * Runs against DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL.
  */
 import { parseArgs } from "node:util";
 import { startTestServer, type TestServer } from "../test/helpers/embedded-server.ts";
 import { benchDedupWindow } from "./dedup-window.ts";
+import { benchPipeline, type PipelineShape } from "./pipeline.ts";
 import { benchWriters, ROUNDS, WRITERS } from "./writer.ts";
 
 const { values: args } = parseArgs({
@@ -13,6 +14,7 @@ const { values: args } = parseArgs({
     rows: { type: "string", default: "200000" },
     batch: { type: "string", default: "5000" },
     "window-keys": { type: "string", default: "1000000" },
+    messages: { type: "string", default: "100000" },
     json: { type: "boolean", default: false },
   },
 });
@@ -26,6 +28,16 @@ function positive(name: string, value: string): number {
 const rows = positive("rows", args.rows);
 const batch = positive("batch", args.batch);
 const windowKeys = positive("window-keys", args["window-keys"]);
+const messages = positive("messages", args.messages);
+const shapes: PipelineShape[] = [
+  { label: "1 device, 100 in flight", devices: 1, inflight: 100, messagesPerDevice: messages },
+  {
+    label: "500 devices, 1 in flight each",
+    devices: 500,
+    inflight: 1,
+    messagesPerDevice: Math.ceil(messages / 500),
+  },
+];
 const progress = (line: string) => {
   if (!args.json) console.error(line);
 };
@@ -38,12 +50,26 @@ if (!serverUrl) {
   serverUrl = server.url;
 }
 try {
+  const pipeline = [];
+  for (const shape of shapes) {
+    progress(`pipeline: ${shape.label}…`);
+    pipeline.push(await benchPipeline(serverUrl, shape));
+  }
   const writers = await benchWriters(serverUrl, rows, batch, progress);
   progress(`dedup window: ${windowKeys} keys…`);
   const window = benchDedupWindow(windowKeys);
   if (args.json) {
-    console.log(JSON.stringify({ rows, batch, ...writers, window }, null, 2));
+    console.log(JSON.stringify({ pipeline, rows, batch, ...writers, window }, null, 2));
   } else {
+    console.log("\nend to end (QoS 1, acknowledged after commit)\n");
+    console.log("| load | messages | msg/s | p50 ms | p99 ms | max ms |");
+    console.log("|---|---:|---:|---:|---:|---:|");
+    for (const r of pipeline) {
+      console.log(
+        `| ${r.label} | ${r.messages} | ${Math.round(r.perSecond).toLocaleString("en-US")} | ` +
+          `${r.p50Ms.toFixed(1)} | ${r.p99Ms.toFixed(1)} | ${r.maxMs.toFixed(1)} |`,
+      );
+    }
     console.log(`\n${rows} rows of ~${writers.payloadBytes}-byte payloads, batches of ${batch}\n`);
     console.log("| writer | round | rows/s | seconds | stored |");
     console.log("|---|---|---:|---:|---:|");

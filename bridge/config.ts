@@ -56,7 +56,7 @@ export const defaults = {
   pgPort: 54329,
   logLevel: "info",
   batchMaxRows: 5000,
-  batchMaxWaitMs: 10,
+  batchMaxWaitMs: 2,
   queueMaxRows: 20000,
   batchConcurrency: 2,
   dedupWindowKeys: 1_000_000,

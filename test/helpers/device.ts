@@ -44,6 +44,8 @@ export function closed(device: Device): Promise<void> {
  */
 export class Stream {
   readonly acked = new Map<string, number>();
+  /** Publish → PUBACK, in milliseconds, in acknowledgement order. */
+  readonly latencies: number[] = [];
   private sent = 0;
 
   constructor(
@@ -51,6 +53,8 @@ export class Stream {
     private readonly name: string,
     private readonly count: number,
     private readonly inflight: number,
+    /** Pause after each acknowledgement, to model a device sampling at a fixed rate. */
+    private readonly intervalMs = 0,
   ) {}
 
   /** Resolves once every reading is acknowledged. */
@@ -62,6 +66,7 @@ export class Stream {
         while (this.sent < this.count && this.sent - this.acked.size < this.inflight) {
           const n = this.sent++;
           const eventId = `${this.name}-${n}`;
+          const sentAt = performance.now();
           this.device.publish(
             `telemetry/${this.name}/env`,
             reading(this.name, n, ts + n),
@@ -69,7 +74,9 @@ export class Stream {
             (error) => {
               if (error) return reject(error);
               this.acked.set(eventId, Date.now());
-              next();
+              this.latencies.push(performance.now() - sentAt);
+              if (this.intervalMs > 0) setTimeout(next, this.intervalMs);
+              else next();
             },
           );
         }
