@@ -4,9 +4,9 @@
  * last PUBACK, publish→PUBACK latency, and a check that PostgreSQL holds
  * each message exactly once.
  */
-import { randomBytes } from "node:crypto";
 import mqtt from "mqtt";
 import pg from "pg";
+import { createDatabase, dropDatabase } from "../test/helpers/databases.ts";
 import { Stream } from "../test/helpers/device.ts";
 import { freePort } from "../test/helpers/free-port.ts";
 import { spawnService } from "../test/helpers/service.ts";
@@ -31,24 +31,13 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? 0;
 }
 
-async function freshDatabase(serverUrl: string): Promise<string> {
-  const name = `telemetry_pipeline_${randomBytes(3).toString("hex")}`;
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
 /** `env` configures the service, e.g. { BATCH_MAX_WAIT_MS: "5" }. */
 export async function benchPipeline(
   serverUrl: string,
   shape: PipelineShape,
   env: Record<string, string> = {},
 ): Promise<PipelineResult> {
-  const databaseUrl = await freshDatabase(serverUrl);
+  const { name, url: databaseUrl } = await createDatabase(serverUrl, "telemetry_pipeline");
   const port = await freePort();
   const service = await spawnService({
     DATABASE_URL: databaseUrl,
@@ -98,5 +87,6 @@ export async function benchPipeline(
   } finally {
     service.child.kill("SIGTERM");
     await service.exited;
+    await dropDatabase(serverUrl, name);
   }
 }

@@ -9,6 +9,7 @@ import { BatchWriter } from "../bridge/batch-writer.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { dayOf, Partitions } from "../bridge/partitions.ts";
 import type { TelemetryRow } from "../bridge/telemetry-message.ts";
+import { createDatabase, dropDatabase } from "../test/helpers/databases.ts";
 
 /** Connections writing at once, the same for both writers. */
 const CONCURRENCY = 2;
@@ -162,23 +163,16 @@ async function measure(
 /** An empty, migrated database whose partitions already hold every row's day. */
 async function freshDatabase(
   serverUrl: string,
-  name: string,
   rows: TelemetryRow[],
-): Promise<string> {
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  await migrate(url.toString());
-  const pool = new pg.Pool({ connectionString: url.toString(), max: 1 });
+): Promise<{ name: string; url: string }> {
+  const database = await createDatabase(serverUrl, "telemetry_bench");
+  await migrate(database.url);
+  const pool = new pg.Pool({ connectionString: database.url, max: 1 });
   await new Partitions(pool, { daysAhead: 0, retentionDays: undefined }, logger).ensure(
     rows.map((row) => dayOf(row.timeMs)),
   );
   await pool.end();
-  return url.toString();
+  return database;
 }
 
 export const WRITERS = ["BatchWriter (COPY)", "multi-row INSERT … ON CONFLICT"] as const;
@@ -196,11 +190,14 @@ export async function benchWriters(
   const runs = [batchWriter, insertWriter];
   for (const [i, name] of WRITERS.entries()) {
     const run = runs[i] as typeof batchWriter;
-    const url = await freshDatabase(serverUrl, "telemetry_bench", rows);
+    const database = await freshDatabase(serverUrl, rows);
     for (const round of ROUNDS) {
       progress(`${name}: ${round}, ${rowCount} rows…`);
-      results.push(await measure(url, name, round, rows, (pool, r) => run(pool, r, batch)));
+      results.push(
+        await measure(database.url, name, round, rows, (pool, r) => run(pool, r, batch)),
+      );
     }
+    await dropDatabase(serverUrl, database.name);
   }
   const payloadBytes = Math.round(rows.reduce((n, r) => n + r.payload.length, 0) / rowCount);
   return { payloadBytes, results };
