@@ -198,17 +198,14 @@ export class BatchWriter {
     this.counters.received++;
     const verdict = this.partitions.judge(row.timeMs);
     if (!verdict.ok) {
-      return this.deadLetter(
-        {
-          topic: row.topic,
-          clientId: row.clientId,
-          payload: Buffer.from(row.payload),
-          reason: verdict.reason,
-          detail: `ts ${copy.timestamp(row.timeMs)} is outside the partitions kept`,
-          receivedAtMs: row.receivedAtMs,
-        },
-        false,
-      );
+      return this.queueLetter({
+        topic: row.topic,
+        clientId: row.clientId,
+        payload: Buffer.from(row.payload),
+        reason: verdict.reason,
+        detail: `ts ${copy.timestamp(row.timeMs)} is outside the partitions kept`,
+        receivedAtMs: row.receivedAtMs,
+      });
     }
     const key = dedupKey(row.topic, row.eventId, row.timeMs);
     if (this.window.has(key)) {
@@ -231,9 +228,13 @@ export class BatchWriter {
   }
 
   /** Records a message that cannot be stored as telemetry; settles after COMMIT. */
-  deadLetter(letter: DeadLetter, count = true): Promise<WriteOutcome> {
+  deadLetter(letter: DeadLetter): Promise<WriteOutcome> {
     if (this.closing) return Promise.reject(new WriterClosedError("the writer is closed"));
-    if (count) this.counters.received++;
+    this.counters.received++;
+    return this.queueLetter(letter);
+  }
+
+  private queueLetter(letter: DeadLetter): Promise<WriteOutcome> {
     return new Promise<WriteOutcome>((settle, fail) => {
       this.enqueue({ kind: "letter", value: letter, enqueuedAt: Date.now(), settle, fail });
     });
