@@ -1,0 +1,62 @@
+import mqtt from "mqtt";
+import { FleetCounters } from "./device.ts";
+import { runFleet } from "./fleet.ts";
+import { helpText, parseOptions, type SimOptions, UsageError } from "./options.ts";
+import { showProgress } from "./progress.ts";
+import { formatSummary, summarize } from "./summary.ts";
+import { verifyRun } from "./verify.ts";
+
+/** One connection first, so an unreachable broker is one clear line rather than a fleet retrying forever. */
+async function probe(options: SimOptions): Promise<void> {
+  try {
+    const client = await mqtt.connectAsync(options.url, {
+      clientId: `sim-${options.runId}-probe`,
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+      protocolVersion: 4,
+    });
+    await client.endAsync();
+  } catch (error) {
+    throw new UsageError(
+      `cannot reach an MQTT broker at ${options.url}: ${(error as Error).message}`,
+    );
+  }
+}
+
+async function main(): Promise<number> {
+  let options: SimOptions | undefined;
+  try {
+    options = parseOptions(process.argv.slice(2));
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`${error.message}\nsee npm run sim -- --help`);
+    return 2;
+  }
+  if (!options) {
+    console.log(helpText());
+    return 0;
+  }
+  try {
+    await probe(options);
+  } catch (error) {
+    console.error((error as Error).message);
+    return 2;
+  }
+  const counters = new FleetCounters();
+  const stopProgress = showProgress(counters, options.devices);
+  const run = await runFleet(options, counters).finally(stopProgress);
+  const summary = summarize(options, run);
+  if (options.verifyUrl) summary.verification = await verifyRun(options.verifyUrl, options, run);
+  console.log(options.json ? JSON.stringify(summary, null, 2) : formatSummary(summary));
+  return summary.verification?.pass === false ? 1 : 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    console.error(error instanceof Error ? error.message : String(error));
+    process.exitCode = 1;
+  },
+);
