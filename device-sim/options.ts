@@ -138,7 +138,7 @@ export function parseOptions(
   if (!/^[A-Za-z0-9_-]{1,32}$/.test(runId))
     throw new UsageError("--run-id must be 1–32 letters, digits, - or _");
   const topicPrefix = get("topic-prefix");
-  if (topicPrefix === "" || /[#+\u0000]/.test(topicPrefix)) {
+  if (topicPrefix === "" || /[#+]/.test(topicPrefix) || topicPrefix.includes("\u0000")) {
     throw new UsageError("--topic-prefix must be a non-empty topic without wildcards");
   }
   let verifyUrl: string | undefined = get("verify") || undefined;
