@@ -3,13 +3,16 @@ import { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Config } from "../bridge/config.ts";
 import { type Database, openDatabase } from "../bridge/database.ts";
 import type { Logger } from "../bridge/logger.ts";
+import { Metrics } from "../bridge/metrics.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { Partitions } from "../bridge/partitions.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
 import { type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
+import { type HttpServer, startHttpServer } from "../http/server.ts";
 
 export interface Service {
   mqttPort: number;
+  httpPort: number;
   database: Database;
   writer: BatchWriter;
   mqtt: MqttServer;
@@ -71,23 +74,38 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       logger,
     });
     const mqtt = await startMqttServer(config.mqttPort, hooks, logger);
+    cleanup.push(() => mqtt.close());
+    const metrics = new Metrics({
+      writer,
+      partitions,
+      connectedClients: () => mqtt.broker.connectedClients,
+    });
+    const http: HttpServer = await startHttpServer(config.httpPort, {
+      writer,
+      metrics,
+      pool,
+      mqtt,
+      topics: config.bridgeTopics,
+      bodyLimit: config.httpBodyLimitBytes,
+      logger,
+    });
 
     const stats = reportStats(writer, mqtt, logger);
     let closing: Promise<void> | undefined;
     const close = () => {
       closing ??= (async () => {
         clearInterval(stats);
+        await http.close();
         mqtt.stopAccepting();
         // Messages already received are committed and acknowledged; clients
         // that send more meanwhile are disconnected without a PUBACK.
         await writer.close();
         await new Promise((resolve) => setImmediate(resolve));
-        await mqtt.close();
         await unwind();
       })();
       return closing;
     };
-    return { mqttPort: mqtt.port, database, writer, mqtt, close };
+    return { mqttPort: mqtt.port, httpPort: http.port, database, writer, mqtt, close };
   } catch (error) {
     await unwind().catch((failure: unknown) => logger.error({ err: failure }, "cleanup failed"));
     throw error;

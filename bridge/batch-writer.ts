@@ -59,6 +59,16 @@ export interface WriterCounters {
   retries: number;
 }
 
+/** What one committed batch looked like, for metrics. */
+export interface BatchReport {
+  rows: number;
+  rejected: number;
+  /** From the batch's start to its COMMIT, retries included. */
+  commitMs: number;
+  /** Receipt → COMMIT for each message of the batch. */
+  latenciesMs: number[];
+}
+
 interface Pending<T> {
   value: T;
   enqueuedAt: number;
@@ -69,6 +79,8 @@ interface Pending<T> {
 type RowItem = Pending<TelemetryRow> & { kind: "row"; key: string };
 type LetterItem = Pending<DeadLetter> & { kind: "letter" };
 type Item = RowItem | LetterItem;
+
+const MAX_TOPICS_TRACKED = 100_000;
 
 class WriterClosedError extends Error {
   override name = "WriterClosedError";
@@ -130,6 +142,8 @@ function describe(error: unknown): string {
  */
 export class BatchWriter {
   readonly window: DedupWindow;
+  /** Distinct topics stored or rejected since start, up to MAX_TOPICS_TRACKED. */
+  readonly topics = new Set<string>();
   readonly counters: WriterCounters = {
     received: 0,
     stored: 0,
@@ -157,7 +171,10 @@ export class BatchWriter {
    * staging table instead of failing a plain COPY first.
    */
   private expectDuplicates = false;
+  /** True while a batch waits for PostgreSQL to come back. */
+  private retrying = false;
   private timer: NodeJS.Timeout | undefined;
+  private readonly reporters: ((report: BatchReport) => void)[] = [];
 
   constructor(
     private readonly pool: pg.Pool,
@@ -171,12 +188,27 @@ export class BatchWriter {
 
   /** Messages held by the writer and not yet committed. */
   get queueDepth(): number {
-    return this.queue.length + this.waiting.length + this.writing;
+    return this.queued + this.writing;
+  }
+
+  /** Messages waiting for a batch to take them. */
+  get queued(): number {
+    return this.queue.length + this.waiting.length;
   }
 
   /** True while callers are waiting for room in the queue. */
   get saturated(): boolean {
     return this.waiting.length > 0;
+  }
+
+  /** True while PostgreSQL cannot be reached and batches are being retried. */
+  get unavailable(): boolean {
+    return this.retrying;
+  }
+
+  /** Calls `reporter` after every committed batch. */
+  onBatch(reporter: (report: BatchReport) => void): void {
+    this.reporters.push(reporter);
   }
 
   /** Validates a raw message, then writes it or dead-letters it. */
@@ -196,6 +228,7 @@ export class BatchWriter {
   write(row: TelemetryRow): Promise<WriteOutcome> {
     if (this.closing) return Promise.reject(new WriterClosedError("the writer is closed"));
     this.counters.received++;
+    if (this.topics.size < MAX_TOPICS_TRACKED) this.topics.add(row.topic);
     const verdict = this.partitions.judge(row.timeMs);
     if (!verdict.ok) {
       return this.queueLetter({
@@ -295,14 +328,21 @@ export class BatchWriter {
       const letters = batch.filter((item): item is LetterItem => item.kind === "letter");
       await this.commit(rows, letters);
       this.counters.batches++;
+      const commitMs = performance.now() - started;
       this.logger.debug(
-        {
-          rows: rows.length,
-          rejected: letters.length,
-          ms: Math.round(performance.now() - started),
-        },
+        { rows: rows.length, rejected: letters.length, ms: Math.round(commitMs) },
         "batch committed",
       );
+      if (this.reporters.length > 0) {
+        const now = Date.now();
+        const report: BatchReport = {
+          rows: rows.length,
+          rejected: letters.length,
+          commitMs,
+          latenciesMs: batch.map((item) => now - item.value.receivedAtMs),
+        };
+        for (const reporter of this.reporters) reporter(report);
+      }
     } catch (error) {
       this.logger.error({ err: error, messages: batch.length }, "batch failed; not acknowledged");
       for (const item of batch) this.failItem(item, error);
@@ -329,12 +369,14 @@ export class BatchWriter {
     for (;;) {
       try {
         const stored = await this.writeOnce(rows, letters, merge);
+        this.retrying = false;
         if (stored !== undefined) this.expectDuplicates = stored.size < rows.length;
         this.settle(rows, letters, stored);
         return;
       } catch (error) {
         const code = sqlstate(error);
         if (isRetryable(error)) {
+          this.retrying = true;
           attempt++;
           this.counters.retries++;
           const pause = Math.min(

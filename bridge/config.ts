@@ -10,6 +10,10 @@ import { validateFilter } from "../broker/topic-filter.ts";
 export interface Config {
   /** TCP port of the MQTT broker. */
   mqttPort: number;
+  /** Port of the HTTP API (/publish, /events, /stats, /health, /metrics). */
+  httpPort: number;
+  /** Largest HTTP request body accepted; larger ones get 413. */
+  httpBodyLimitBytes: number;
   /** MQTT filters whose messages are stored; others are only brokered. */
   bridgeTopics: string[];
   /**
@@ -49,6 +53,8 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export const defaults = {
   mqttPort: 1883,
+  httpPort: 8080,
+  httpBodyLimitBytes: 1024 * 1024,
   bridgeTopics: ["telemetry/#"],
   ingestTimeoutMs: 30_000,
   databaseUrl: undefined,
@@ -151,6 +157,14 @@ export function loadConfig(env: Env = process.env): Config {
   }
   return {
     mqttPort: integer(env, "MQTT_PORT", defaults.mqttPort, 0, 65535),
+    httpPort: integer(env, "HTTP_PORT", defaults.httpPort, 0, 65535),
+    httpBodyLimitBytes: integer(
+      env,
+      "HTTP_BODY_LIMIT_BYTES",
+      defaults.httpBodyLimitBytes,
+      1024,
+      256 * 1024 * 1024,
+    ),
     bridgeTopics: topics(env),
     ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
     databaseUrl: databaseUrl(env),

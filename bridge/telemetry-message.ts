@@ -34,6 +34,7 @@ export type RejectReason =
   | "ts_invalid"
   | "ts_in_future"
   | "ts_before_retention"
+  | "source_invalid"
   | "database_refused";
 
 export type ParseResult =

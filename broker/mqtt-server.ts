@@ -5,6 +5,8 @@ import type { Logger } from "../bridge/logger.ts";
 export interface MqttServer {
   broker: Aedes;
   port: number;
+  /** True while the listener accepts connections. */
+  readonly listening: boolean;
   /** Stops accepting connections; connected clients stay. */
   stopAccepting(): void;
   /** Disconnects every client and closes the broker. */
@@ -56,6 +58,9 @@ export async function startMqttServer(
   return {
     broker,
     port: listening,
+    get listening() {
+      return server.listening;
+    },
     stopAccepting,
     close: async () => {
       stopAccepting();

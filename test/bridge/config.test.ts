@@ -11,6 +11,8 @@ describe("loadConfig", () => {
   it("reads every variable", () => {
     const config = loadConfig({
       MQTT_PORT: "1884",
+      HTTP_PORT: "8081",
+      HTTP_BODY_LIMIT_BYTES: "2048",
       BRIDGE_TOPICS: "telemetry/#, plant/+/sensors",
       INGEST_TIMEOUT_MS: "5000",
       DATABASE_URL: "postgres://u:p@db:5432/x",
@@ -29,6 +31,8 @@ describe("loadConfig", () => {
     });
     expect(config).toEqual({
       mqttPort: 1884,
+      httpPort: 8081,
+      httpBodyLimitBytes: 2048,
       bridgeTopics: ["telemetry/#", "plant/+/sensors"],
       ingestTimeoutMs: 5000,
       databaseUrl: "postgres://u:p@db:5432/x",

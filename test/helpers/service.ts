@@ -10,7 +10,7 @@ export function startTestService(
   databaseUrl: string,
   env: Record<string, string> = {},
 ): Promise<Service> {
-  const config = loadConfig({ DATABASE_URL: databaseUrl, MQTT_PORT: "0", ...env });
+  const config = loadConfig({ DATABASE_URL: databaseUrl, MQTT_PORT: "0", HTTP_PORT: "0", ...env });
   return startService(config, silentLogger);
 }
 
@@ -24,7 +24,7 @@ export interface ServiceProcess {
 /** `npm start` as a child process; resolves once it logs "ready". */
 export async function spawnService(env: Record<string, string>): Promise<ServiceProcess> {
   const child = spawn(process.execPath, ["--import", "tsx", "bin/start.ts"], {
-    env: { ...process.env, LOG_LEVEL: "info", ...env },
+    env: { ...process.env, LOG_LEVEL: "info", HTTP_PORT: "0", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const output: string[] = [];

@@ -1,0 +1,190 @@
+import client from "prom-client";
+import type { BatchReport, BatchWriter } from "./batch-writer.ts";
+import type { Partitions } from "./partitions.ts";
+
+const RECENT_MS = 60_000;
+const LATENCY_SAMPLES = 1000;
+
+export interface MetricsSources {
+  writer: BatchWriter;
+  partitions: Partitions;
+  connectedClients(): number;
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? 0;
+}
+
+/**
+ * Prometheus metrics (`/metrics`) and the figures of `/stats`, both read
+ * from the writer's counters and from a report of every committed batch.
+ */
+export class Metrics {
+  readonly registry = new client.Registry();
+  private readonly startedAt = Date.now();
+  private readonly recent: { at: number; rows: number }[] = [];
+  private readonly commitMs: number[] = [];
+  private lastBatchSize = 0;
+
+  constructor(private readonly sources: MetricsSources) {
+    const { writer } = sources;
+    const registers = [this.registry];
+    client.collectDefaultMetrics({ register: this.registry, prefix: "telemetry_bridge_" });
+
+    const counted = (name: string, help: string, read: () => number) => {
+      let last = 0;
+      new client.Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const now = read();
+          this.inc(now - last);
+          last = now;
+        },
+      });
+    };
+    counted(
+      "telemetry_bridge_received_total",
+      "Messages handed to the writer.",
+      () => writer.counters.received,
+    );
+    counted(
+      "telemetry_bridge_stored_total",
+      "Messages committed as telemetry rows.",
+      () => writer.counters.stored,
+    );
+
+    const seen = new Map<string, number>();
+    new client.Counter({
+      name: "telemetry_bridge_duplicates_total",
+      help: "Redeliveries dropped, by where they were recognised.",
+      labelNames: ["source"],
+      registers,
+      collect() {
+        for (const [source, now] of [
+          ["window", writer.counters.duplicateWindow],
+          ["database", writer.counters.duplicateDatabase],
+        ] as const) {
+          this.inc({ source }, now - (seen.get(source) ?? 0));
+          seen.set(source, now);
+        }
+      },
+    });
+    const rejectedSeen = new Map<string, number>();
+    new client.Counter({
+      name: "telemetry_bridge_rejected_total",
+      help: "Messages dead-lettered to telemetry_rejected, by reason.",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        for (const [reason, now = 0] of Object.entries(writer.counters.rejected)) {
+          this.inc({ reason }, now - (rejectedSeen.get(reason) ?? 0));
+          rejectedSeen.set(reason, now);
+        }
+      },
+    });
+
+    const batchSize = new client.Histogram({
+      name: "telemetry_bridge_batch_size",
+      help: "Messages per committed batch.",
+      buckets: [1, 10, 50, 100, 500, 1000, 2000, 5000, 10000],
+      registers,
+    });
+    const commitSeconds = new client.Histogram({
+      name: "telemetry_bridge_commit_seconds",
+      help: "Time from a batch's start to its COMMIT, retries included.",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30],
+      registers,
+    });
+    const publishToCommit = new client.Histogram({
+      name: "telemetry_bridge_publish_to_commit_seconds",
+      help: "Time from a message's receipt to its COMMIT: how long its sender waits for the acknowledgement.",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30],
+      registers,
+    });
+
+    new client.Gauge({
+      name: "telemetry_bridge_connected_clients",
+      help: "MQTT clients connected.",
+      registers,
+      collect() {
+        this.set(sources.connectedClients());
+      },
+    });
+    new client.Gauge({
+      name: "telemetry_bridge_inflight_messages",
+      help: "Messages received and not yet committed.",
+      registers,
+      collect() {
+        this.set(writer.queueDepth);
+      },
+    });
+    new client.Gauge({
+      name: "telemetry_bridge_queue_depth",
+      help: "Messages waiting for a batch.",
+      registers,
+      collect() {
+        this.set(writer.queued);
+      },
+    });
+    new client.Gauge({
+      name: "telemetry_bridge_partitions",
+      help: "Daily partitions of the telemetry table.",
+      registers,
+      async collect() {
+        this.set((await sources.partitions.list()).length);
+      },
+    });
+
+    writer.onBatch((report: BatchReport) => {
+      const size = report.rows + report.rejected;
+      batchSize.observe(size);
+      commitSeconds.observe(report.commitMs / 1000);
+      for (const ms of report.latenciesMs) publishToCommit.observe(ms / 1000);
+      this.lastBatchSize = size;
+      const now = Date.now();
+      this.recent.push({ at: now, rows: report.rows });
+      while ((this.recent[0]?.at ?? now) < now - RECENT_MS) this.recent.shift();
+      this.commitMs.push(report.commitMs);
+      if (this.commitMs.length > LATENCY_SAMPLES) this.commitMs.shift();
+    });
+  }
+
+  /** The figures of GET /stats. */
+  stats() {
+    const { writer } = this.sources;
+    const c = writer.counters;
+    const rejected = Object.values(c.rejected).reduce((sum, n) => sum + (n ?? 0), 0);
+    const now = Date.now();
+    const lastMinute = this.recent.filter((batch) => batch.at >= now - RECENT_MS);
+    const elapsed = Math.min(RECENT_MS, now - this.startedAt) / 1000;
+    return {
+      received: c.received,
+      unique_processed: c.stored,
+      duplicate_dropped: {
+        total: c.duplicateWindow + c.duplicateDatabase,
+        window: c.duplicateWindow,
+        database: c.duplicateDatabase,
+      },
+      rejected: { total: rejected, by_reason: { ...c.rejected } },
+      topics: writer.topics.size,
+      connected_devices: this.sources.connectedClients(),
+      uptime_seconds: Math.round((now - this.startedAt) / 1000),
+      batches: {
+        committed: c.batches,
+        rows_per_second_last_minute:
+          elapsed > 0
+            ? Math.round(lastMinute.reduce((sum, batch) => sum + batch.rows, 0) / elapsed)
+            : 0,
+        last_batch_size: this.lastBatchSize,
+        commit_latency_ms: {
+          p50: Math.round(percentile(this.commitMs, 50) * 10) / 10,
+          p99: Math.round(percentile(this.commitMs, 99) * 10) / 10,
+        },
+        queue_depth: writer.queueDepth,
+      },
+    };
+  }
+}

@@ -1,0 +1,190 @@
+import Fastify, { type FastifyError } from "fastify";
+import type pg from "pg";
+import type { BatchWriter } from "../bridge/batch-writer.ts";
+import type { Logger } from "../bridge/logger.ts";
+import type { Metrics } from "../bridge/metrics.ts";
+import { parseTimestamp } from "../bridge/telemetry-message.ts";
+import type { MqttServer } from "../broker/mqtt-server.ts";
+import { topicMatcher } from "../broker/topic-filter.ts";
+import { publishEvents } from "./publish.ts";
+
+export const MAX_EVENTS_PER_REQUEST = 5000;
+export const MAX_EVENTS_LIMIT = 1000;
+const RETRY_AFTER_SECONDS = 5;
+
+export interface HttpDependencies {
+  writer: BatchWriter;
+  metrics: Metrics;
+  pool: pg.Pool;
+  mqtt: MqttServer;
+  topics: readonly string[];
+  bodyLimit: number;
+  logger: Logger;
+}
+
+export interface HttpServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+class RequestError extends Error {
+  constructor(
+    readonly statusCode: number,
+    readonly field: string,
+    readonly reason: string,
+  ) {
+    super(`${field}: ${reason}`);
+  }
+}
+
+function optionalTime(query: Record<string, string | undefined>, field: string): Date | undefined {
+  const raw = query[field];
+  if (raw === undefined || raw === "") return undefined;
+  const ms = parseTimestamp(/^\d+$/.test(raw) ? Number(raw) : raw);
+  if (ms === undefined)
+    throw new RequestError(400, field, "must be ISO 8601 with a zone, or epoch milliseconds");
+  return new Date(ms);
+}
+
+/** The HTTP API on `port`: /publish, /events, /stats, /health, /metrics. */
+export async function startHttpServer(port: number, deps: HttpDependencies): Promise<HttpServer> {
+  const { writer, metrics, pool, mqtt, logger } = deps;
+  const bridged = topicMatcher(deps.topics);
+  const app = Fastify({
+    loggerInstance: logger,
+    disableRequestLogging: true,
+    bodyLimit: deps.bodyLimit,
+  });
+
+  app.setErrorHandler((error: FastifyError | RequestError, _request, reply) => {
+    if (error instanceof RequestError) {
+      return reply
+        .code(error.statusCode)
+        .send({ error: error.message, field: error.field, reason: error.reason });
+    }
+    const status = error.statusCode ?? 500;
+    if (status >= 500) logger.error({ err: error }, "HTTP request failed");
+    return reply
+      .code(status)
+      .send({ error: error.message, field: "body", reason: error.code ?? "error" });
+  });
+
+  app.post("/publish", async (request, reply) => {
+    const body = request.body;
+    let events: unknown[];
+    if (body !== null && typeof body === "object" && !Array.isArray(body) && "events" in body) {
+      const list = (body as { events: unknown }).events;
+      if (!Array.isArray(list) || list.length === 0 || list.length > MAX_EVENTS_PER_REQUEST) {
+        throw new RequestError(
+          422,
+          "events",
+          `must be an array of 1 to ${MAX_EVENTS_PER_REQUEST} events`,
+        );
+      }
+      events = list;
+    } else if (body !== null && typeof body === "object" && !Array.isArray(body)) {
+      events = [body];
+    } else {
+      throw new RequestError(422, "body", 'must be an event object or {"events": [...]}');
+    }
+    if (writer.unavailable || writer.saturated) {
+      reply.header("Retry-After", String(RETRY_AFTER_SECONDS));
+      return reply.code(503).send({
+        error: writer.unavailable ? "PostgreSQL is unavailable" : "the writer is saturated",
+        retry_after_seconds: RETRY_AFTER_SECONDS,
+      });
+    }
+    const { results, stored } = await publishEvents(events, writer, bridged, `http:${request.ip}`);
+    // Live subscribers see HTTP events too, once they are committed.
+    for (const message of stored) {
+      mqtt.broker.publish(
+        {
+          cmd: "publish",
+          topic: message.topic,
+          payload: message.payload,
+          qos: 0,
+          retain: false,
+          dup: false,
+        },
+        () => {},
+      );
+    }
+    const count = (status: string) => results.filter((result) => result.status === status).length;
+    const rejected = count("rejected");
+    return reply.code(rejected > 0 ? 422 : 200).send({
+      received: results.length,
+      accepted: count("accepted"),
+      duplicates: count("duplicate"),
+      rejected,
+      results,
+    });
+  });
+
+  app.get("/events", async (request) => {
+    const query = request.query as Record<string, string | undefined>;
+    const limitRaw = query.limit ?? "10";
+    const limit = Number(limitRaw);
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_EVENTS_LIMIT) {
+      throw new RequestError(400, "limit", `must be an integer from 1 to ${MAX_EVENTS_LIMIT}`);
+    }
+    const conditions: string[] = [];
+    const params: unknown[] = [];
+    const where = (sql: string, value: unknown) => {
+      params.push(value);
+      conditions.push(sql.replace("?", `$${params.length}`));
+    };
+    if (query.topic) where("topic = ?", query.topic);
+    if (query.device_id) where("device_id = ?", query.device_id);
+    const since = optionalTime(query, "since");
+    const until = optionalTime(query, "until");
+    if (since) where("time >= ?", since);
+    if (until) where("time < ?", until);
+    params.push(limit);
+    const { rows } = await pool.query(
+      `SELECT time, topic, device_id, event_id, payload, received_at FROM telemetry
+        ${conditions.length > 0 ? `WHERE ${conditions.join(" AND ")}` : ""}
+        ORDER BY time DESC LIMIT $${params.length}`,
+      params,
+    );
+    return { count: rows.length, events: rows };
+  });
+
+  app.get("/stats", async () => metrics.stats());
+
+  app.get("/health", async (_request, reply) => {
+    if (!mqtt.listening)
+      return reply.code(503).send({ status: "unavailable", reason: "the MQTT listener is closed" });
+    try {
+      await Promise.race([
+        pool.query("SELECT 1"),
+        new Promise((_, reject) =>
+          setTimeout(() => reject(new Error("no answer within 2 s")), 2000).unref(),
+        ),
+      ]);
+    } catch (error) {
+      return reply
+        .code(503)
+        .send({ status: "unavailable", reason: `PostgreSQL: ${(error as Error).message}` });
+    }
+    return { status: "ok", mqtt: "listening", database: "ok" };
+  });
+
+  app.get("/metrics", async (_request, reply) => {
+    reply.header("Content-Type", metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  try {
+    await app.listen({ port, host: "0.0.0.0" });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "EADDRINUSE") {
+      throw new Error(`HTTP port ${port} is already in use: set HTTP_PORT to a free port`);
+    }
+    throw error;
+  }
+  const address = app.server.address();
+  return {
+    port: typeof address === "object" && address ? address.port : port,
+    close: () => app.close(),
+  };
+}
