@@ -87,6 +87,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       mqtt,
       topics: config.bridgeTopics,
       bodyLimit: config.httpBodyLimitBytes,
+      timeoutMs: config.ingestTimeoutMs,
       logger,
     });
 

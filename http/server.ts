@@ -19,6 +19,8 @@ export interface HttpDependencies {
   mqtt: MqttServer;
   topics: readonly string[];
   bodyLimit: number;
+  /** Longest a request waits for its commit before it gets 503 (its events are still committed). */
+  timeoutMs: number;
   logger: Logger;
 }
 
@@ -94,7 +96,21 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
         retry_after_seconds: RETRY_AFTER_SECONDS,
       });
     }
-    const { results, stored } = await publishEvents(events, writer, bridged, `http:${request.ip}`);
+    let timer: NodeJS.Timeout | undefined;
+    const published = await Promise.race([
+      publishEvents(events, writer, bridged, `http:${request.ip}`),
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), deps.timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (!published) {
+      reply.header("Retry-After", String(RETRY_AFTER_SECONDS));
+      return reply.code(503).send({
+        error: `not committed within ${deps.timeoutMs} ms; sending the same events again is safe`,
+        retry_after_seconds: RETRY_AFTER_SECONDS,
+      });
+    }
+    const { results, stored } = published;
     // Live subscribers see HTTP events too, once they are committed.
     for (const message of stored) {
       mqtt.broker.publish(
