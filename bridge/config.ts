@@ -72,6 +72,28 @@ export const defaults = {
   partitionSchedule: "*/15 * * * *",
 } satisfies Config;
 
+/** The environment variables `loadConfig` reads. */
+export const CONFIG_VARIABLES = [
+  "MQTT_PORT",
+  "HTTP_PORT",
+  "HTTP_BODY_LIMIT_BYTES",
+  "BRIDGE_TOPICS",
+  "INGEST_TIMEOUT_MS",
+  "DATABASE_URL",
+  "DATA_DIR",
+  "PG_PORT",
+  "LOG_LEVEL",
+  "BATCH_MAX_ROWS",
+  "BATCH_MAX_WAIT_MS",
+  "BATCH_CONCURRENCY",
+  "QUEUE_MAX_ROWS",
+  "DEDUP_WINDOW_KEYS",
+  "MAX_PAYLOAD_BYTES",
+  "PARTITION_DAYS_AHEAD",
+  "RETENTION_DAYS",
+  "PARTITION_SCHEDULE",
+] as const;
+
 export class ConfigError extends Error {
   override name = "ConfigError";
 }

@@ -1,11 +1,23 @@
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { ConfigError, defaults, loadConfig } from "../../bridge/config.ts";
+import { CONFIG_VARIABLES, ConfigError, defaults, loadConfig } from "../../bridge/config.ts";
 
 describe("loadConfig", () => {
   it("uses the defaults when nothing is set", () => {
     const config = loadConfig({});
     expect(config).toMatchObject({ ...defaults, dataDir: path.resolve(defaults.dataDir) });
+  });
+
+  it("reads exactly the variables it lists", () => {
+    const read = new Set<string>();
+    const env = new Proxy({} as Record<string, string | undefined>, {
+      get(_target, name) {
+        if (typeof name === "string") read.add(name);
+        return undefined;
+      },
+    });
+    loadConfig(env);
+    expect([...read].sort()).toEqual([...CONFIG_VARIABLES].sort());
   });
 
   it("reads every variable", () => {
