@@ -45,6 +45,7 @@ async function main(): Promise<void> {
   logger.info(
     {
       mqtt: mqttUrl,
+      http: `http://localhost:${service.httpPort}`,
       topics: config.bridgeTopics,
       database: redactUrl(databaseUrl),
       embedded: service.database.embedded,
@@ -58,6 +59,7 @@ async function main(): Promise<void> {
         "",
         "telemetry-bridge is running",
         `  MQTT       ${mqttUrl}   (stored: ${config.bridgeTopics.join(", ")})`,
+        `  HTTP       http://localhost:${service.httpPort}   (/publish /events /stats /health /metrics)`,
         `  PostgreSQL ${databaseUrl}${service.database.embedded ? `   (embedded, data in ${config.dataDir})` : ""}`,
         "",
         "  Publish    mosquitto_pub -p " +
