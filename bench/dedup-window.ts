@@ -4,7 +4,7 @@
  * node --expose-gc.
  */
 import { randomUUID } from "node:crypto";
-import { DedupWindow, dedupKey } from "../bridge/dedup-window.ts";
+import { DedupWindow } from "../bridge/dedup-window.ts";
 
 function heapUsed(gc: () => void): number {
   gc();
@@ -23,7 +23,7 @@ export function benchDedupWindow(keys: number): {
   const before = heapUsed(gc);
   const window = new DedupWindow(keys);
   for (let i = 0; i < keys; i++) {
-    window.add(dedupKey(`telemetry/device-${i % 10_000}/env`, randomUUID(), start + i));
+    window.add(window.key(`telemetry/device-${i % 10_000}/env`, randomUUID(), start + i));
   }
   const used = heapUsed(gc) - before;
   return { keys: window.size, heapMiB: used / 2 ** 20, bytesPerKey: used / keys };

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 import * as copy from "./copy-format.ts";
-import { DedupWindow, dedupKey } from "./dedup-window.ts";
+import { DedupWindow } from "./dedup-window.ts";
 import type { Logger } from "./logger.ts";
 import { dayOf, type Partitions } from "./partitions.ts";
 import {
@@ -240,7 +240,7 @@ export class BatchWriter {
         receivedAtMs: row.receivedAtMs,
       });
     }
-    const key = dedupKey(row.topic, row.eventId, row.timeMs);
+    const key = this.window.key(row.topic, row.eventId, row.timeMs);
     if (this.window.has(key)) {
       this.counters.duplicateWindow++;
       return Promise.resolve({ status: "duplicate", source: "window" });
@@ -472,7 +472,7 @@ export class BatchWriter {
           MERGE_STAGING,
         );
         stored = new Set(
-          inserted.rows.map((row) => dedupKey(row.topic, row.event_id, Number(row.time_ms))),
+          inserted.rows.map((row) => this.window.key(row.topic, row.event_id, Number(row.time_ms))),
         );
       }
       if (letters.length > 0) {

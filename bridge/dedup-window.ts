@@ -1,3 +1,6 @@
+/** Topics given a short id before the table starts over (a fleet has one or a few topics per device). */
+const MAX_TOPIC_IDS = 1_000_000;
+
 /**
  * The keys of the most recently committed messages, oldest evicted first.
  *
@@ -7,11 +10,35 @@
  */
 export class DedupWindow {
   private readonly keys = new Set<string>();
+  private readonly topicIds = new Map<string, string>();
+  private nextTopicId = 0;
 
   constructor(readonly capacity: number) {}
 
   get size(): number {
     return this.keys.size;
+  }
+
+  /**
+   * Identity of a message: topic and event_id, plus `ts`, which the unique
+   * index also holds. The topic is replaced by a short id, never reused,
+   * and `ts` is written in base 36, which keeps keys small: a million fit in
+   * under 100 MB.
+   */
+  key(topic: string, eventId: string, timeMs: number): string {
+    let id = this.topicIds.get(topic);
+    if (id === undefined) {
+      // Forgetting ids only makes older keys unmatchable: they age out, and
+      // their redeliveries are caught by the unique index instead.
+      if (this.topicIds.size >= MAX_TOPIC_IDS) this.topicIds.clear();
+      id = (this.nextTopicId++).toString(36);
+      this.topicIds.set(topic, id);
+    }
+    const key = `${id}\u0000${eventId}\u0000${timeMs.toString(36)}`;
+    // A template literal makes a rope of its parts, about 700 heap bytes once
+    // a Set holds it; a round trip through UTF-8 makes one flat string. It is
+    // lossless only for well-formed text, so a lone surrogate keeps the rope.
+    return key.isWellFormed() ? Buffer.from(key).toString() : key;
   }
 
   has(key: string): boolean {
@@ -27,16 +54,4 @@ export class DedupWindow {
     }
     this.keys.add(key);
   }
-}
-
-/**
- * Identity of a message: topic and event_id, plus `ts`, which the unique
- * index also holds. A template literal alone makes a rope of its parts,
- * about 700 heap bytes once a Set holds it; a round trip through UTF-8 makes
- * one flat string of 40-odd bytes plus its length. The round trip is
- * lossless only for well-formed text, so a lone surrogate keeps the rope.
- */
-export function dedupKey(topic: string, eventId: string, timeMs: number): string {
-  const key = `${topic}\u0000${eventId}\u0000${timeMs}`;
-  return key.isWellFormed() ? Buffer.from(key).toString() : key;
 }
