@@ -1,20 +1,30 @@
 /**
  * npm run bench -- [--messages N] [--rows N] [--batch N] [--window-keys N] [--json]
+ * npm run bench -- --soak SECONDS --soak-rate MSG_PER_S
  *
  * Runs against DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL.
  */
 import { parseArgs } from "node:util";
 import { startTestServer, type TestServer } from "../test/helpers/embedded-server.ts";
 import { benchDedupWindow } from "./dedup-window.ts";
-import { benchPipeline, type PipelineShape } from "./pipeline.ts";
+import {
+  benchScenario,
+  mosquittoAnswers,
+  SCENARIOS,
+  type ScenarioResult,
+  SHAPES,
+  type Shape,
+} from "./pipeline.ts";
 import { benchWriters, ROUNDS, WRITERS } from "./writer.ts";
 
 const { values: args } = parseArgs({
   options: {
+    messages: { type: "string", default: "30000" },
     rows: { type: "string", default: "200000" },
     batch: { type: "string", default: "5000" },
     "window-keys": { type: "string", default: "1000000" },
-    messages: { type: "string", default: "100000" },
+    soak: { type: "string", default: "" },
+    "soak-rate": { type: "string", default: "5000" },
     json: { type: "boolean", default: false },
   },
 });
@@ -25,22 +35,137 @@ function positive(name: string, value: string): number {
   return n;
 }
 
-const rows = positive("rows", args.rows);
-const batch = positive("batch", args.batch);
-const windowKeys = positive("window-keys", args["window-keys"]);
-const messages = positive("messages", args.messages);
-const shapes: PipelineShape[] = [
-  { label: "1 device, 100 in flight", devices: 1, inflight: 100, messagesPerDevice: messages },
-  {
-    label: "500 devices, 1 in flight each",
-    devices: 500,
-    inflight: 1,
-    messagesPerDevice: Math.ceil(messages / 500),
-  },
-];
 const progress = (line: string) => {
   if (!args.json) console.error(line);
 };
+const fmt = (n: number | undefined, digits = 0) =>
+  n === undefined
+    ? "–"
+    : n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+/** ours at a fixed rate for a long time: does the service's memory stay flat? */
+async function soak(serverUrl: string, seconds: number, rate: number): Promise<void> {
+  const fleet = SHAPES[0] as Shape;
+  const shape: Shape = {
+    ...fleet,
+    label: `soak at ${rate} msg/s`,
+    ratePerDevice: rate / fleet.devices,
+  };
+  const samples: { atS: number; rssMiB: number }[] = [];
+  const result = await benchScenario(
+    serverUrl,
+    "ours",
+    shape,
+    Math.round(rate * seconds),
+    (rssMiB, atS) => {
+      samples.push({ atS: Math.round(atS), rssMiB: Math.round(rssMiB) });
+      progress(`  ${Math.round(atS)} s: RSS ${Math.round(rssMiB)} MiB`);
+    },
+  );
+  const settled = samples.slice(Math.floor(samples.length / 5));
+  const growth = (settled.at(-1)?.rssMiB ?? 0) - (settled[0]?.rssMiB ?? 0);
+  if (args.json) {
+    console.log(JSON.stringify({ soak: result, samples, growthMiB: growth }, null, 2));
+    return;
+  }
+  console.log(
+    `\nsoak: ${fmt(result.messages)} messages in ${fmt(result.seconds)} s (${fmt(result.perSecond)} msg/s), ` +
+      `p50 ${fmt(result.p50Ms, 1)} ms, p99 ${fmt(result.p99Ms, 1)} ms, max ${fmt(result.maxMs, 1)} ms, ` +
+      `exactly once: ${result.exactlyOnce ? "yes" : "NO"}`,
+  );
+  console.log(`RSS (MiB) every 10 s: ${samples.map((s) => s.rssMiB).join(" ")}`);
+  console.log(`growth after the first fifth: ${growth} MiB; peak ${fmt(result.peakRssMiB)} MiB`);
+}
+
+async function main(serverUrl: string): Promise<void> {
+  if (args.soak) {
+    await soak(serverUrl, positive("soak", args.soak), positive("soak-rate", args["soak-rate"]));
+    return;
+  }
+  const messages = positive("messages", args.messages);
+  const rows = positive("rows", args.rows);
+  const batch = positive("batch", args.batch);
+  const windowKeys = positive("window-keys", args["window-keys"]);
+
+  const withMosquitto = await mosquittoAnswers();
+  const pipeline: ScenarioResult[] = [];
+  for (const shape of SHAPES) {
+    for (const scenario of SCENARIOS) {
+      if (scenario === "mosquitto" && !withMosquitto) continue;
+      progress(`${scenario}, ${shape.label}: ${messages} messages…`);
+      pipeline.push(await benchScenario(serverUrl, scenario, shape, messages));
+    }
+  }
+  const writers = await benchWriters(serverUrl, rows, batch, progress);
+  progress(`dedup window: ${windowKeys} keys…`);
+  const window = benchDedupWindow(windowKeys);
+
+  const failed = pipeline.filter((r) => r.exactlyOnce === false);
+  const databaseLimit = writers.results.find((r) => r.writer === WRITERS[2])?.rowsPerSecond ?? 0;
+  const ratios = SHAPES.map((shape) => {
+    const of = (scenario: string) =>
+      pipeline.find((r) => r.shape === shape.label && r.scenario === scenario)?.perSecond;
+    const ours = of("ours") ?? 0;
+    return {
+      shape: shape.label,
+      oursPerCeiling: ours / (of("ceiling") ?? Number.NaN),
+      oursPerNaive: ours / (of("naive") ?? Number.NaN),
+      oursPerDatabaseLimit: ours / databaseLimit,
+      mosquittoPerCeiling: (of("mosquitto") ?? Number.NaN) / (of("ceiling") ?? Number.NaN),
+    };
+  });
+
+  if (args.json) {
+    console.log(JSON.stringify({ pipeline, ratios, batch, ...writers, window }, null, 2));
+  } else {
+    console.log(`\nend to end, QoS 1, ${fmt(messages)} messages a run, publish → PUBACK\n`);
+    console.log(
+      "| scenario | load | msg/s | p50 ms | p99 ms | max ms | broker CPU s | broker peak RSS MiB | exactly once |",
+    );
+    console.log("|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for (const r of pipeline) {
+      const once = r.exactlyOnce === undefined ? "–" : r.exactlyOnce ? "yes" : "**NO**";
+      console.log(
+        `| ${r.scenario} | ${r.shape} | ${fmt(r.perSecond)} | ${fmt(r.p50Ms, 1)} | ${fmt(r.p99Ms, 1)} | ` +
+          `${fmt(r.maxMs, 1)} | ${fmt(r.cpuSeconds, 1)} | ${fmt(r.peakRssMiB)} | ${once} |`,
+      );
+    }
+    console.log(
+      "\n| load | ours / ceiling | ours / naive | ours / database limit | Mosquitto / ceiling |",
+    );
+    console.log("|---|---:|---:|---:|---:|");
+    for (const r of ratios) {
+      console.log(
+        `| ${r.shape} | ${fmt(r.oursPerCeiling, 2)} | ${fmt(r.oursPerNaive, 1)} | ${fmt(r.oursPerDatabaseLimit, 2)} | ${
+          Number.isNaN(r.mosquittoPerCeiling) ? "–" : fmt(r.mosquittoPerCeiling, 2)
+        } |`,
+      );
+    }
+    console.log(
+      `\nstorage, ${fmt(rows)} rows of ~${writers.payloadBytes}-byte payloads, batches of ${batch}\n`,
+    );
+    console.log("| writer | round | rows/s | seconds |");
+    console.log("|---|---|---:|---:|");
+    for (const r of writers.results) {
+      console.log(`| ${r.writer} | ${r.round} | ${fmt(r.rowsPerSecond)} | ${fmt(r.seconds, 2)} |`);
+    }
+    for (const round of ROUNDS) {
+      const [ours, theirs] = WRITERS.map(
+        (name) =>
+          writers.results.find((r) => r.writer === name && r.round === round)?.rowsPerSecond ?? 0,
+      );
+      console.log(`${round}: BatchWriter / INSERT = ${fmt((ours ?? 0) / (theirs ?? 1), 2)}×`);
+    }
+    console.log(
+      `\ndedup window: ${fmt(window.keys)} keys in ${fmt(window.heapMiB, 1)} MiB of heap, ${fmt(window.bytesPerKey)} bytes per key`,
+    );
+  }
+  if (failed.length > 0) {
+    throw new Error(
+      `not exactly once: ${failed.map((r) => `${r.scenario}, ${r.shape}`).join("; ")}`,
+    );
+  }
+}
 
 let server: TestServer | undefined;
 let serverUrl = process.env.DATABASE_URL;
@@ -50,48 +175,10 @@ if (!serverUrl) {
   serverUrl = server.url;
 }
 try {
-  const pipeline = [];
-  for (const shape of shapes) {
-    progress(`pipeline: ${shape.label}…`);
-    pipeline.push(await benchPipeline(serverUrl, shape));
-  }
-  const writers = await benchWriters(serverUrl, rows, batch, progress);
-  progress(`dedup window: ${windowKeys} keys…`);
-  const window = benchDedupWindow(windowKeys);
-  if (args.json) {
-    console.log(JSON.stringify({ pipeline, rows, batch, ...writers, window }, null, 2));
-  } else {
-    console.log("\nend to end (QoS 1, acknowledged after commit)\n");
-    console.log("| load | messages | msg/s | p50 ms | p99 ms | max ms |");
-    console.log("|---|---:|---:|---:|---:|---:|");
-    for (const r of pipeline) {
-      console.log(
-        `| ${r.label} | ${r.messages} | ${Math.round(r.perSecond).toLocaleString("en-US")} | ` +
-          `${r.p50Ms.toFixed(1)} | ${r.p99Ms.toFixed(1)} | ${r.maxMs.toFixed(1)} |`,
-      );
-    }
-    console.log(`\n${rows} rows of ~${writers.payloadBytes}-byte payloads, batches of ${batch}\n`);
-    console.log("| writer | round | rows/s | seconds | stored |");
-    console.log("|---|---|---:|---:|---:|");
-    for (const r of writers.results) {
-      const perSecond = Math.round(r.rowsPerSecond).toLocaleString("en-US");
-      console.log(
-        `| ${r.writer} | ${r.round} | ${perSecond} | ${r.seconds.toFixed(2)} | ${r.stored} |`,
-      );
-    }
-    console.log("");
-    for (const round of ROUNDS) {
-      const [ours, theirs] = WRITERS.map(
-        (name) =>
-          writers.results.find((r) => r.writer === name && r.round === round)?.rowsPerSecond ?? 0,
-      );
-      console.log(`${round}: BatchWriter / INSERT = ${((ours ?? 0) / (theirs ?? 1)).toFixed(2)}×`);
-    }
-    console.log(
-      `\ndedup window: ${window.keys.toLocaleString("en-US")} keys in ${window.heapMiB.toFixed(1)} MiB of heap, ` +
-        `${Math.round(window.bytesPerKey)} bytes per key`,
-    );
-  }
+  await main(serverUrl);
+} catch (error) {
+  console.error((error as Error).message);
+  process.exitCode = 1;
 } finally {
   await server?.destroy();
 }

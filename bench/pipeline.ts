@@ -1,92 +1,192 @@
 /**
- * End to end: devices publish QoS 1 to the service (`npm start`, a child
- * process), which acknowledges after commit. Messages per second until the
- * last PUBACK, publish→PUBACK latency, and a check that PostgreSQL holds
- * each message exactly once.
+ * End to end: mqtt.js devices publish QoS 1 readings to a broker and wait
+ * for each PUBACK. The same load generator drives every scenario:
+ *
+ * - ceiling: our service with no topic bridged (aedes acknowledges at once);
+ * - ours: the service as `npm start` runs it, acknowledging after commit;
+ * - naive: the same broker, one INSERT … ON CONFLICT per message before the ack;
+ * - mosquitto: the machine's Mosquitto on 127.0.0.1:1883, acknowledging at once.
  */
+import fs from "node:fs/promises";
 import mqtt from "mqtt";
 import pg from "pg";
+import { migrate } from "../bridge/migrate.ts";
 import { createDatabase, dropDatabase } from "../test/helpers/databases.ts";
 import { Stream } from "../test/helpers/device.ts";
 import { freePort } from "../test/helpers/free-port.ts";
-import { spawnService } from "../test/helpers/service.ts";
+import { type ServiceProcess, spawnService } from "../test/helpers/service.ts";
 
-export interface PipelineShape {
+export const SCENARIOS = ["ceiling", "ours", "naive", "mosquitto"] as const;
+export type Scenario = (typeof SCENARIOS)[number];
+
+export interface Shape {
   label: string;
   devices: number;
   inflight: number;
-  messagesPerDevice: number;
+  /** Messages per second per device; 0 publishes as fast as acknowledgements allow. */
+  ratePerDevice?: number;
 }
 
-export interface PipelineResult extends PipelineShape {
+export const SHAPES: Shape[] = [
+  { label: "fleet (1,000 devices × 1 in flight)", devices: 1000, inflight: 1 },
+  { label: "gateways (10 devices × 100 in flight)", devices: 10, inflight: 100 },
+];
+
+export interface ScenarioResult {
+  scenario: Scenario;
+  shape: string;
   messages: number;
   seconds: number;
   perSecond: number;
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
+  /** CPU seconds the broker process used during the load; undefined for Mosquitto. */
+  cpuSeconds: number | undefined;
+  peakRssMiB: number | undefined;
+  /** Whether PostgreSQL holds each message exactly once; undefined where nothing is stored. */
+  exactlyOnce: boolean | undefined;
 }
 
-function percentile(sorted: number[], p: number): number {
+const CLOCK_TICKS_PER_SECOND = 100;
+
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+async function memoryMiB(pid: number, field: "VmHWM" | "VmRSS"): Promise<number> {
+  const status = await fs.readFile(`/proc/${pid}/status`, "utf8");
+  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
+}
+
+export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? 0;
 }
 
-/** `env` configures the service, e.g. { BATCH_MAX_WAIT_MS: "5" }. */
-export async function benchPipeline(
-  serverUrl: string,
-  shape: PipelineShape,
-  env: Record<string, string> = {},
-): Promise<PipelineResult> {
-  const { name, url: databaseUrl } = await createDatabase(serverUrl, "telemetry_pipeline");
+interface Broker {
+  url: string;
+  process: ServiceProcess | undefined;
+  databaseUrl: string | undefined;
+  stop(): Promise<void>;
+}
+
+async function startBroker(serverUrl: string, scenario: Scenario): Promise<Broker> {
+  if (scenario === "mosquitto") {
+    return {
+      url: "mqtt://127.0.0.1:1883",
+      process: undefined,
+      databaseUrl: undefined,
+      stop: async () => {},
+    };
+  }
+  const database = await createDatabase(serverUrl, `telemetry_${scenario}`);
   const port = await freePort();
-  const service = await spawnService({
-    DATABASE_URL: databaseUrl,
+  const env: Record<string, string> = {
+    DATABASE_URL: database.url,
     MQTT_PORT: String(port),
-    ...env,
-  });
+    LOG_LEVEL: "info",
+  };
+  if (scenario === "ceiling") env.BRIDGE_TOPICS = "nothing-is-bridged/#";
+  if (scenario === "naive") await migrate(database.url);
+  const child = await spawnService(
+    env,
+    scenario === "naive" ? "bench/naive-service.ts" : "bin/start.ts",
+  );
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    process: child,
+    databaseUrl: scenario === "ceiling" ? undefined : database.url,
+    stop: async () => {
+      child.child.kill("SIGTERM");
+      await child.exited;
+      await dropDatabase(serverUrl, database.name);
+    },
+  };
+}
+
+/** Whether the broker at 127.0.0.1:1883 answers MQTT. */
+export async function mosquittoAnswers(): Promise<boolean> {
   try {
+    const client = await mqtt.connectAsync("mqtt://127.0.0.1:1883", {
+      reconnectPeriod: 0,
+      connectTimeout: 2000,
+    });
+    await client.endAsync();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs `messages` through one scenario in one shape; `onSample` sees the broker's RSS every 10 s. */
+export async function benchScenario(
+  serverUrl: string,
+  scenario: Scenario,
+  shape: Shape,
+  messages: number,
+  onSample?: (rssMiB: number, elapsedS: number) => void,
+): Promise<ScenarioResult> {
+  const broker = await startBroker(serverUrl, scenario);
+  const pid = broker.process?.child.pid;
+  try {
+    const tag = Math.random().toString(36).slice(2, 7);
     const devices = await Promise.all(
       Array.from({ length: shape.devices }, (_, d) =>
-        mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
-          clientId: `bench-${d}`,
-          clean: false,
+        mqtt.connectAsync(broker.url, {
+          clientId: `bench-${tag}-${d}`,
           protocolVersion: 4,
           reconnectPeriod: 0,
         }),
       ),
     );
+    const perDevice = Math.ceil(messages / shape.devices);
+    const intervalMs = shape.ratePerDevice ? 1000 / shape.ratePerDevice : 0;
     const streams = devices.map(
-      (device, d) => new Stream(device, `bench-${d}`, shape.messagesPerDevice, shape.inflight),
+      (device, d) => new Stream(device, `bench-${tag}-${d}`, perDevice, shape.inflight, intervalMs),
     );
+    const cpuBefore = pid ? await cpuSeconds(pid) : 0;
     const started = performance.now();
-    await Promise.all(streams.map((stream) => stream.run()));
+    const sampler =
+      pid && onSample
+        ? setInterval(
+            async () =>
+              onSample(await memoryMiB(pid, "VmRSS"), (performance.now() - started) / 1000),
+            10_000,
+          )
+        : undefined;
+    await Promise.all(streams.map((stream) => stream.run())).finally(() => clearInterval(sampler));
     const seconds = (performance.now() - started) / 1000;
+    const cpuAfter = pid ? await cpuSeconds(pid) : 0;
+    const peakRssMiB = pid ? await memoryMiB(pid, "VmHWM") : undefined;
     await Promise.all(devices.map((device) => device.endAsync()));
 
-    const messages = shape.devices * shape.messagesPerDevice;
-    const pool = new pg.Pool({ connectionString: databaseUrl });
-    const { rows } = await pool.query<{ n: string; ids: string }>(
-      "SELECT count(*) AS n, count(DISTINCT (topic, event_id)) AS ids FROM telemetry",
-    );
-    await pool.end();
-    if (Number(rows[0]?.n) !== messages || Number(rows[0]?.ids) !== messages) {
-      throw new Error(
-        `${shape.label}: ${rows[0]?.n} rows (${rows[0]?.ids} distinct) for ${messages} messages`,
+    const sent = perDevice * shape.devices;
+    let exactlyOnce: boolean | undefined;
+    if (broker.databaseUrl) {
+      const pool = new pg.Pool({ connectionString: broker.databaseUrl });
+      const { rows } = await pool.query<{ n: string; ids: string }>(
+        "SELECT count(*) AS n, count(DISTINCT (topic, event_id)) AS ids FROM telemetry",
       );
+      await pool.end();
+      exactlyOnce = Number(rows[0]?.n) === sent && Number(rows[0]?.ids) === sent;
     }
     const latencies = streams.flatMap((stream) => stream.latencies).sort((a, b) => a - b);
     return {
-      ...shape,
-      messages,
+      scenario,
+      shape: shape.label,
+      messages: sent,
       seconds,
-      perSecond: messages / seconds,
+      perSecond: sent / seconds,
       p50Ms: percentile(latencies, 50),
       p99Ms: percentile(latencies, 99),
       maxMs: latencies.at(-1) ?? 0,
+      cpuSeconds: pid ? cpuAfter - cpuBefore : undefined,
+      peakRssMiB,
+      exactlyOnce,
     };
   } finally {
-    service.child.kill("SIGTERM");
-    await service.exited;
-    await dropDatabase(serverUrl, name);
+    await broker.stop();
   }
 }

@@ -3,9 +3,12 @@
  * beside a plain writer doing multi-row INSERT … ON CONFLICT DO NOTHING, on
  * the same rows, one after the other.
  */
+
+import { finished } from "node:stream/promises";
 import pg from "pg";
+import { from as copyFrom } from "pg-copy-streams";
 import { pino } from "pino";
-import { BatchWriter } from "../bridge/batch-writer.ts";
+import { BatchWriter, rowLine } from "../bridge/batch-writer.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { dayOf, Partitions } from "../bridge/partitions.ts";
 import type { TelemetryRow } from "../bridge/telemetry-message.ts";
@@ -100,6 +103,39 @@ async function insertBatch(
   }
 }
 
+/**
+ * PostgreSQL's ceiling for this row shape: the rows COPYed straight from
+ * memory, `batch` rows a transaction, with no dedup or bookkeeping, on as
+ * many connections as the other writers.
+ */
+async function copyWriter(pool: pg.Pool, rows: TelemetryRow[], batch: number): Promise<number> {
+  let next = 0;
+  const lane = async () => {
+    for (let start = next; start < rows.length; start = next) {
+      next += batch;
+      const client = await pool.connect();
+      try {
+        const stream = client.query(
+          copyFrom(
+            "COPY telemetry (time, topic, device_id, event_id, payload, received_at) FROM STDIN",
+          ),
+        );
+        stream.end(
+          rows
+            .slice(start, start + batch)
+            .map(rowLine)
+            .join(""),
+        );
+        await finished(stream);
+      } finally {
+        client.release();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, lane));
+  return rows.length;
+}
+
 async function batchWriter(pool: pg.Pool, rows: TelemetryRow[], batch: number): Promise<number> {
   const partitions = new Partitions(pool, { daysAhead: 3, retentionDays: undefined }, logger);
   const writer = new BatchWriter(
@@ -175,7 +211,11 @@ async function freshDatabase(
   return database;
 }
 
-export const WRITERS = ["BatchWriter (COPY)", "multi-row INSERT … ON CONFLICT"] as const;
+export const WRITERS = [
+  "BatchWriter (COPY)",
+  "multi-row INSERT … ON CONFLICT",
+  "COPY from memory (database limit)",
+] as const;
 export const ROUNDS = ["new rows", "all repeats"] as const;
 
 /** Each writer stores `rowCount` new rows into an empty table, then the same rows again. */
@@ -187,11 +227,12 @@ export async function benchWriters(
 ): Promise<{ payloadBytes: number; results: Result[] }> {
   const rows = makeRows(rowCount);
   const results: Result[] = [];
-  const runs = [batchWriter, insertWriter];
+  const runs = [batchWriter, insertWriter, copyWriter];
   for (const [i, name] of WRITERS.entries()) {
     const run = runs[i] as typeof batchWriter;
     const database = await freshDatabase(serverUrl, rows);
-    for (const round of ROUNDS) {
+    // A plain COPY cannot take rows that are already there.
+    for (const round of run === copyWriter ? ROUNDS.slice(0, 1) : ROUNDS) {
       progress(`${name}: ${round}, ${rowCount} rows…`);
       results.push(
         await measure(database.url, name, round, rows, (pool, r) => run(pool, r, batch)),

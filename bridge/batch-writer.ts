@@ -98,7 +98,8 @@ const MERGE_STAGING = `INSERT INTO telemetry SELECT * FROM telemetry_staging
   ON CONFLICT DO NOTHING
   RETURNING topic, event_id, (extract(epoch FROM time) * 1000)::bigint AS time_ms`;
 
-function rowLine(row: TelemetryRow): string {
+/** One row of COPY text for `telemetry (time, topic, device_id, event_id, payload, received_at)`. */
+export function rowLine(row: TelemetryRow): string {
   return `${copy.timestamp(row.timeMs)}\t${copy.text(row.topic)}\t${copy.text(row.deviceId)}\t${copy.text(row.eventId)}\t${copy.text(row.payload)}\t${copy.timestamp(row.receivedAtMs)}\n`;
 }
 

@@ -21,9 +21,12 @@ export interface ServiceProcess {
   exited: Promise<number | null>;
 }
 
-/** `npm start` as a child process; resolves once it logs "ready". */
-export async function spawnService(env: Record<string, string>): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", "bin/start.ts"], {
+/** `npm start` (or another entry point) as a child process; resolves once it logs "ready". */
+export async function spawnService(
+  env: Record<string, string>,
+  entry = "bin/start.ts",
+): Promise<ServiceProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", entry], {
     env: { ...process.env, LOG_LEVEL: "info", HTTP_PORT: "0", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -1,0 +1,52 @@
+/**
+ * The approach small aggregators start with, for comparison: the same
+ * broker and ingest hook, but each message is stored by its own
+ * `INSERT … ON CONFLICT DO NOTHING` before it is acknowledged.
+ * Reads DATABASE_URL (migrated) and MQTT_PORT.
+ */
+import pg from "pg";
+import { pino } from "pino";
+import type { WriteOutcome } from "../bridge/batch-writer.ts";
+import { dayOf, Partitions } from "../bridge/partitions.ts";
+import { parseTelemetry, type RawMessage } from "../bridge/telemetry-message.ts";
+import { createIngestHooks } from "../broker/ingest-hook.ts";
+import { startMqttServer } from "../broker/mqtt-server.ts";
+
+const logger = pino({ level: "info" });
+const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
+const partitions = new Partitions(pool, { daysAhead: 3, retentionDays: undefined }, logger);
+await partitions.maintain();
+
+async function ingest(message: RawMessage): Promise<WriteOutcome> {
+  const parsed = parseTelemetry(message, 64 * 1024);
+  if (!parsed.ok) return { status: "rejected", reason: parsed.reason, detail: parsed.detail };
+  const row = parsed.row;
+  await partitions.ensure([dayOf(row.timeMs)]);
+  const result = await pool.query(
+    `INSERT INTO telemetry (time, topic, device_id, event_id, payload, received_at)
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
+    [
+      new Date(row.timeMs),
+      row.topic,
+      row.deviceId,
+      row.eventId,
+      row.payload,
+      new Date(row.receivedAtMs),
+    ],
+  );
+  return result.rowCount === 1 ? { status: "stored" } : { status: "duplicate", source: "database" };
+}
+
+const hooks = createIngestHooks({
+  ingest: { ingest },
+  topics: ["telemetry/#"],
+  timeoutMs: 30_000,
+  logger,
+});
+const mqtt = await startMqttServer(Number(process.env.MQTT_PORT ?? 1883), hooks, logger);
+logger.info({ port: mqtt.port }, "ready");
+process.on("SIGTERM", async () => {
+  await mqtt.close();
+  await pool.end();
+  process.exit(0);
+});
