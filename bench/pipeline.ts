@@ -11,6 +11,7 @@ import fs from "node:fs/promises";
 import mqtt from "mqtt";
 import pg from "pg";
 import { migrate } from "../bridge/migrate.ts";
+import { percentile } from "../bridge/percentile.ts";
 import { createDatabase, dropDatabase } from "../test/helpers/databases.ts";
 import { Stream } from "../test/helpers/device.ts";
 import { freePort } from "../test/helpers/free-port.ts";
@@ -59,10 +60,6 @@ async function cpuSeconds(pid: number): Promise<number> {
 async function memoryMiB(pid: number, field: "VmHWM" | "VmRSS"): Promise<number> {
   const status = await fs.readFile(`/proc/${pid}/status`, "utf8");
   return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
-}
-
-export function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? 0;
 }
 
 interface Broker {

@@ -1,6 +1,7 @@
 import client from "prom-client";
 import type { BatchReport, BatchWriter } from "./batch-writer.ts";
 import type { Partitions } from "./partitions.ts";
+import { percentile } from "./percentile.ts";
 
 const RECENT_MS = 60_000;
 const LATENCY_SAMPLES = 1000;
@@ -9,11 +10,6 @@ export interface MetricsSources {
   writer: BatchWriter;
   partitions: Partitions;
   connectedClients(): number;
-}
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? 0;
 }
 
 /**
@@ -160,6 +156,7 @@ export class Metrics {
     const now = Date.now();
     const lastMinute = this.recent.filter((batch) => batch.at >= now - RECENT_MS);
     const elapsed = Math.min(RECENT_MS, now - this.startedAt) / 1000;
+    const commitMs = [...this.commitMs].sort((a, b) => a - b);
     return {
       received: c.received,
       unique_processed: c.stored,
@@ -180,8 +177,8 @@ export class Metrics {
             : 0,
         last_batch_size: this.lastBatchSize,
         commit_latency_ms: {
-          p50: Math.round(percentile(this.commitMs, 50) * 10) / 10,
-          p99: Math.round(percentile(this.commitMs, 99) * 10) / 10,
+          p50: Math.round(percentile(commitMs, 50) * 10) / 10,
+          p99: Math.round(percentile(commitMs, 99) * 10) / 10,
         },
         queue_depth: writer.queueDepth,
       },

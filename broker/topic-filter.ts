@@ -17,8 +17,11 @@ export function validateFilter(filter: string): string | undefined {
 }
 
 export function topicMatches(filter: string, topic: string): boolean {
-  if (topic.startsWith("$") && (filter.startsWith("+") || filter.startsWith("#"))) return false;
-  const f = filter.split("/");
+  return levelsMatch(filter.split("/"), topic);
+}
+
+function levelsMatch(f: readonly string[], topic: string): boolean {
+  if (topic.startsWith("$") && (f[0] === "+" || f[0] === "#")) return false;
   const t = topic.split("/");
   for (let i = 0; i < f.length; i++) {
     const level = f[i];
@@ -29,7 +32,8 @@ export function topicMatches(filter: string, topic: string): boolean {
   return f.length === t.length;
 }
 
-/** A matcher for a list of filters. */
+/** A matcher for a list of filters, split once: it runs for every message. */
 export function topicMatcher(filters: readonly string[]): (topic: string) => boolean {
-  return (topic) => filters.some((filter) => topicMatches(filter, topic));
+  const split = filters.map((filter) => filter.split("/"));
+  return (topic) => split.some((levels) => levelsMatch(levels, topic));
 }

@@ -1,3 +1,4 @@
+import { percentile } from "../bridge/percentile.ts";
 import type { FleetRun } from "./fleet.ts";
 import type { SimOptions } from "./options.ts";
 import type { Verification } from "./verify.ts";
@@ -21,10 +22,6 @@ export interface Summary {
   errors: number;
   latencyMs: { p50: number; p99: number; max: number } | null;
   verification?: Verification;
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? 0;
 }
 
 export function summarize(options: SimOptions, run: FleetRun): Summary {

@@ -2,15 +2,6 @@ import type { BatchWriter, WriteOutcome } from "../bridge/batch-writer.ts";
 import type { RejectReason } from "../bridge/telemetry-message.ts";
 import type { Ingest } from "../broker/ingest-hook.ts";
 
-/** An event as HTTP clients of log aggregators send it. */
-export interface HttpEvent {
-  topic: string;
-  event_id: string;
-  timestamp: string;
-  source?: string;
-  payload?: Record<string, unknown>;
-}
-
 export interface EventResult {
   index: number;
   event_id: unknown;

@@ -8,8 +8,8 @@ import type { MqttServer } from "../broker/mqtt-server.ts";
 import { topicMatcher } from "../broker/topic-filter.ts";
 import { publishEvents } from "./publish.ts";
 
-export const MAX_EVENTS_PER_REQUEST = 5000;
-export const MAX_EVENTS_LIMIT = 1000;
+const MAX_EVENTS_PER_REQUEST = 5000;
+const MAX_EVENTS_LIMIT = 1000;
 const RETRY_AFTER_SECONDS = 5;
 
 export interface HttpDependencies {

@@ -53,7 +53,7 @@ export class Stream {
     private readonly name: string,
     private readonly count: number,
     private readonly inflight: number,
-    /** Pause after each acknowledgement, to model a device sampling at a fixed rate. */
+    /** A device sampling at a fixed rate: reading n is due `n × intervalMs` after the start. */
     private readonly intervalMs = 0,
   ) {}
 
@@ -75,8 +75,11 @@ export class Stream {
               if (error) return reject(error);
               this.acked.set(eventId, Date.now());
               this.latencies.push(performance.now() - sentAt);
-              if (this.intervalMs > 0) setTimeout(next, this.intervalMs);
-              else next();
+              if (this.intervalMs > 0) {
+                setTimeout(next, Math.max(0, ts + this.sent * this.intervalMs - Date.now()));
+              } else {
+                next();
+              }
             },
           );
         }
