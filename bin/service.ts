@@ -22,7 +22,7 @@ export interface Service {
 
 const STATS_INTERVAL_MS = 10_000;
 
-/** Database, migrations, partition job, writer and broker, started in that order. */
+/** Database, migrations, partition job, writer, broker and HTTP API, started in that order. */
 export async function startService(config: Config, logger: Logger): Promise<Service> {
   const database = await openDatabase(config, logger);
   const cleanup: (() => Promise<void> | void)[] = [() => database.stop()];
