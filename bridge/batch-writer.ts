@@ -453,8 +453,12 @@ export class BatchWriter {
       failure ??= error;
     };
     client.on("error", onError);
+    // The common batch is one COPY: outside a transaction block it commits on
+    // its own, so BEGIN and COMMIT would only add round trips, and under load
+    // each round trip waits for a turn of a busy event loop.
+    const single = !merge && letters.length === 0;
     try {
-      await client.query("BEGIN");
+      if (!single) await client.query("BEGIN");
       let stored: Set<string> | undefined;
       if (rows.length > 0 && !merge) {
         await copyIn(
@@ -483,11 +487,11 @@ export class BatchWriter {
           letters.map((item) => letterLine(item.value)),
         );
       }
-      await client.query("COMMIT");
+      if (!single) await client.query("COMMIT");
       return stored;
     } catch (error) {
       failure = error;
-      await client.query("ROLLBACK").catch(() => {});
+      if (!single) await client.query("ROLLBACK").catch(() => {});
       throw error;
     } finally {
       // A connection that failed for any reason but bad data is not trusted again.
