@@ -1,4 +1,4 @@
-import Fastify, { type FastifyError } from "fastify";
+import Fastify, { type FastifyError, LogController } from "fastify";
 import type pg from "pg";
 import type { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
@@ -54,7 +54,8 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
   const bridged = topicMatcher(deps.topics);
   const app = Fastify({
     loggerInstance: logger,
-    disableRequestLogging: true,
+    // A line per request would drown the ingest logs; failures are logged by the handler below.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.bodyLimit,
   });
 
