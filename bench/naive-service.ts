@@ -11,6 +11,7 @@ import { dayOf, Partitions } from "../bridge/partitions.ts";
 import { parseTelemetry, type RawMessage } from "../bridge/telemetry-message.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
 import { startMqttServer } from "../broker/mqtt-server.ts";
+import { insertValues } from "./writer.ts";
 
 const logger = pino({ level: "info" });
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
@@ -25,14 +26,7 @@ async function ingest(message: RawMessage): Promise<WriteOutcome> {
   const result = await pool.query(
     `INSERT INTO telemetry (time, topic, device_id, event_id, payload, received_at)
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
-    [
-      new Date(row.timeMs),
-      row.topic,
-      row.deviceId,
-      row.eventId,
-      row.payload,
-      new Date(row.receivedAtMs),
-    ],
+    insertValues(row),
   );
   return result.rowCount === 1 ? { status: "stored" } : { status: "duplicate", source: "database" };
 }

@@ -43,6 +43,18 @@ function makeRows(count: number): TelemetryRow[] {
   });
 }
 
+/** The values of `INSERT INTO telemetry (time, topic, device_id, event_id, payload, received_at)`. */
+export function insertValues(row: TelemetryRow): unknown[] {
+  return [
+    new Date(row.timeMs),
+    row.topic,
+    row.deviceId,
+    row.eventId,
+    row.payload,
+    new Date(row.receivedAtMs),
+  ];
+}
+
 /**
  * The approach small aggregators take: multi-row INSERT … ON CONFLICT, one
  * transaction per batch, on as many connections as the BatchWriter uses.
@@ -75,14 +87,7 @@ async function insertBatch(
       const chunk = rows.slice(from, from + perStatement);
       const params: unknown[] = [];
       const tuples = chunk.map((row, i) => {
-        params.push(
-          new Date(row.timeMs),
-          row.topic,
-          row.deviceId,
-          row.eventId,
-          row.payload,
-          new Date(row.receivedAtMs),
-        );
+        params.push(...insertValues(row));
         const p = i * 6;
         return `($${p + 1}, $${p + 2}, $${p + 3}, $${p + 4}, $${p + 5}, $${p + 6})`;
       });

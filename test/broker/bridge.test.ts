@@ -5,6 +5,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
 import { closed, connectDevice, nextMessage, publishAcked, reading } from "../helpers/device.ts";
+import { runCommand } from "../helpers/run-command.ts";
 import { startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";
@@ -20,22 +21,6 @@ afterAll(async () => {
   await service?.close();
   await pool.end();
 });
-
-function run(
-  command: string,
-  args: string[],
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(command, args);
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk) => {
-    stdout += chunk;
-  });
-  child.stderr.on("data", (chunk) => {
-    stderr += chunk;
-  });
-  return once(child, "close").then(([code]) => ({ code: code as number | null, stdout, stderr }));
-}
 
 async function until<T>(
   probe: () => Promise<T>,
@@ -139,7 +124,7 @@ describe("the bridge, end to end over MQTT", () => {
 
   it("stores what mosquitto_pub sends with QoS 1", async () => {
     const payload = JSON.stringify({ event_id: "mosq-1", ts: new Date().toISOString(), v: 1 });
-    const result = await run("mosquitto_pub", [
+    const result = await runCommand("mosquitto_pub", [
       ...["-h", "127.0.0.1", "-p", String(service.mqttPort), "-q", "1"],
       ...["-t", "telemetry/mosq/env", "-m", payload, "-i", "mosq-pub"],
     ]);

@@ -1,23 +1,18 @@
-import { spawn } from "node:child_process";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { migrate, readMigrations } from "../../bridge/migrate.ts";
+import { runCommand } from "../helpers/run-command.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
-function runMigrateCli(databaseUrl: string): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve) => {
-    const child = spawn("npx", ["tsx", "bin/migrate.ts"], {
-      env: { ...process.env, DATABASE_URL: databaseUrl, LOG_LEVEL: "info" },
-    });
-    let output = "";
-    child.stdout.on("data", (chunk) => {
-      output += chunk;
-    });
-    child.stderr.on("data", (chunk) => {
-      output += chunk;
-    });
-    child.on("close", (code) => resolve({ code, output }));
+async function runMigrateCli(
+  databaseUrl: string,
+): Promise<{ code: number | null; output: string }> {
+  const { code, stdout, stderr } = await runCommand("npx", ["tsx", "bin/migrate.ts"], {
+    ...process.env,
+    DATABASE_URL: databaseUrl,
+    LOG_LEVEL: "info",
   });
+  return { code, output: stdout + stderr };
 }
 
 async function appliedMigrations(url: string): Promise<string[]> {
