@@ -150,7 +150,11 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
       params.push(value);
       conditions.push(sql.replace("?", `$${params.length}`));
     };
-    if (query.topic) where("topic = ?", query.topic);
+    if (query.topic) {
+      where("topic = ?", query.topic);
+      // The device id is the topic's second level; naming it lets (device_id, time DESC) serve the query.
+      if (!query.device_id) where("device_id = ?", query.topic.split("/")[1] ?? "");
+    }
     if (query.device_id) where("device_id = ?", query.device_id);
     const since = optionalTime(query, "since");
     const until = optionalTime(query, "until");
