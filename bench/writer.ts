@@ -8,7 +8,8 @@ import { finished } from "node:stream/promises";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 import { pino } from "pino";
-import { BatchWriter, rowLine } from "../bridge/batch-writer.ts";
+import { BatchWriter, COPY_TELEMETRY } from "../bridge/batch-writer.ts";
+import { encodeRows } from "../bridge/copy-binary.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { dayOf, Partitions } from "../bridge/partitions.ts";
 import type { TelemetryRow } from "../bridge/telemetry-message.ts";
@@ -29,14 +30,16 @@ function makeRows(count: number): TelemetryRow[] {
       deviceId: device,
       eventId,
       timeMs,
-      payload: JSON.stringify({
-        event_id: eventId,
-        ts: new Date(timeMs).toISOString(),
-        seq: Math.floor(i / 1000),
-        temperature: 21.5 + Math.sin(i) * 3,
-        humidity: 40 + Math.cos(i) * 10,
-        battery: 3.7 - (i % 1000) / 10_000,
-      }),
+      payload: Buffer.from(
+        JSON.stringify({
+          event_id: eventId,
+          ts: new Date(timeMs).toISOString(),
+          seq: Math.floor(i / 1000),
+          temperature: 21.5 + Math.sin(i) * 3,
+          humidity: 40 + Math.cos(i) * 10,
+          battery: 3.7 - (i % 1000) / 10_000,
+        }),
+      ),
       receivedAtMs: now,
       clientId: device,
     };
@@ -50,7 +53,7 @@ export function insertValues(row: TelemetryRow): unknown[] {
     row.topic,
     row.deviceId,
     row.eventId,
-    row.payload,
+    row.payload.toString(),
     new Date(row.receivedAtMs),
   ];
 }
@@ -120,17 +123,8 @@ async function copyWriter(pool: pg.Pool, rows: TelemetryRow[], batch: number): P
       next += batch;
       const client = await pool.connect();
       try {
-        const stream = client.query(
-          copyFrom(
-            "COPY telemetry (time, topic, device_id, event_id, payload, received_at) FROM STDIN",
-          ),
-        );
-        stream.end(
-          rows
-            .slice(start, start + batch)
-            .map(rowLine)
-            .join(""),
-        );
+        const stream = client.query(copyFrom(COPY_TELEMETRY));
+        stream.end(encodeRows(rows.slice(start, start + batch)));
         await finished(stream);
       } finally {
         client.release();

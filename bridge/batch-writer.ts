@@ -2,6 +2,7 @@ import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import type pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
+import { encodeRows } from "./copy-binary.ts";
 import * as copy from "./copy-format.ts";
 import { DedupWindow } from "./dedup-window.ts";
 import type { Logger } from "./logger.ts";
@@ -86,10 +87,10 @@ class WriterClosedError extends Error {
   override name = "WriterClosedError";
 }
 
-const COPY_TELEMETRY =
-  "COPY telemetry (time, topic, device_id, event_id, payload, received_at) FROM STDIN";
+export const COPY_TELEMETRY =
+  "COPY telemetry (time, topic, device_id, event_id, payload, received_at) FROM STDIN (FORMAT binary)";
 const COPY_STAGING =
-  "COPY telemetry_staging (time, topic, device_id, event_id, payload, received_at) FROM STDIN";
+  "COPY telemetry_staging (time, topic, device_id, event_id, payload, received_at) FROM STDIN (FORMAT binary)";
 const COPY_REJECTED =
   "COPY telemetry_rejected (received_at, client_id, topic, reason, detail, payload) FROM STDIN";
 const CREATE_STAGING =
@@ -97,11 +98,6 @@ const CREATE_STAGING =
 const MERGE_STAGING = `INSERT INTO telemetry SELECT * FROM telemetry_staging
   ON CONFLICT DO NOTHING
   RETURNING topic, event_id, (extract(epoch FROM time) * 1000)::bigint AS time_ms`;
-
-/** One row of COPY text for `telemetry (time, topic, device_id, event_id, payload, received_at)`. */
-export function rowLine(row: TelemetryRow): string {
-  return `${copy.timestamp(row.timeMs)}\t${copy.text(row.topic)}\t${copy.text(row.deviceId)}\t${copy.text(row.eventId)}\t${copy.text(row.payload)}\t${copy.timestamp(row.receivedAtMs)}\n`;
-}
 
 /** Text columns cannot hold U+0000, which topics and client ids may carry. */
 function storable(value: string): string {
@@ -113,9 +109,9 @@ function letterLine(letter: DeadLetter): string {
   return `${copy.timestamp(letter.receivedAtMs)}\t${copy.nullableText(clientId)}\t${copy.text(storable(letter.topic))}\t${letter.reason}\t${copy.text(storable(letter.detail))}\t${copy.bytea(letter.payload)}\n`;
 }
 
-async function copyIn(client: pg.PoolClient, sql: string, lines: string[]): Promise<void> {
+async function copyIn(client: pg.PoolClient, sql: string, data: Buffer | string): Promise<void> {
   const stream = client.query(copyFrom(sql));
-  stream.end(lines.join(""));
+  stream.end(data);
   await finished(stream);
 }
 
@@ -235,7 +231,7 @@ export class BatchWriter {
       return this.queueLetter({
         topic: row.topic,
         clientId: row.clientId,
-        payload: Buffer.from(row.payload),
+        payload: row.payload,
         reason: verdict.reason,
         detail: `ts ${copy.timestamp(row.timeMs)} is outside the partitions kept`,
         receivedAtMs: row.receivedAtMs,
@@ -428,7 +424,7 @@ export class BatchWriter {
       value: {
         topic: row.topic,
         clientId: row.clientId,
-        payload: Buffer.from(row.payload),
+        payload: row.payload,
         reason: "database_refused",
         detail: describe(error),
         receivedAtMs: row.receivedAtMs,
@@ -461,18 +457,10 @@ export class BatchWriter {
       if (!single) await client.query("BEGIN");
       let stored: Set<string> | undefined;
       if (rows.length > 0 && !merge) {
-        await copyIn(
-          client,
-          COPY_TELEMETRY,
-          rows.map((item) => rowLine(item.value)),
-        );
+        await copyIn(client, COPY_TELEMETRY, encodeRows(rows.map((item) => item.value)));
       } else if (rows.length > 0) {
         await client.query(CREATE_STAGING);
-        await copyIn(
-          client,
-          COPY_STAGING,
-          rows.map((item) => rowLine(item.value)),
-        );
+        await copyIn(client, COPY_STAGING, encodeRows(rows.map((item) => item.value)));
         const inserted = await client.query<{ topic: string; event_id: string; time_ms: string }>(
           MERGE_STAGING,
         );
@@ -481,11 +469,7 @@ export class BatchWriter {
         );
       }
       if (letters.length > 0) {
-        await copyIn(
-          client,
-          COPY_REJECTED,
-          letters.map((item) => letterLine(item.value)),
-        );
+        await copyIn(client, COPY_REJECTED, letters.map((item) => letterLine(item.value)).join(""));
       }
       if (!single) await client.query("COMMIT");
       return stored;

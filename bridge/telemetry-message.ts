@@ -15,8 +15,8 @@ export interface TelemetryRow {
   eventId: string;
   /** `ts` in epoch milliseconds (finer digits of an ISO `ts` are kept only in the payload). */
   timeMs: number;
-  /** The payload exactly as received: stored as jsonb without re-serialising. */
-  payload: string;
+  /** The payload's bytes exactly as received: stored as jsonb without re-serialising. */
+  payload: Buffer;
   receivedAtMs: number;
   clientId: string | null;
 }
@@ -171,7 +171,7 @@ export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): Pa
       deviceId,
       eventId,
       timeMs,
-      payload: text,
+      payload,
       receivedAtMs: message.receivedAtMs,
       clientId: message.clientId,
     },

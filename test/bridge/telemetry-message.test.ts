@@ -48,7 +48,7 @@ describe("parseTimestamp", () => {
 });
 
 describe("parseTelemetry", () => {
-  it("keeps the payload text as received and takes device_id from the topic", () => {
+  it("keeps the payload bytes as received and takes device_id from the topic", () => {
     const text = '{ "event_id": "e-1",\n "ts": "2026-03-01T12:00:00Z", "temp": 21.5 }';
     const result = parseTelemetry(message(text, "telemetry/sensor-7/room/3"), 1024);
     expect(result).toEqual({
@@ -58,7 +58,7 @@ describe("parseTelemetry", () => {
         deviceId: "sensor-7",
         eventId: "e-1",
         timeMs: Date.UTC(2026, 2, 1, 12),
-        payload: text,
+        payload: Buffer.from(text),
         receivedAtMs: 1_700_000_000_000,
         clientId: "dev-1",
       },

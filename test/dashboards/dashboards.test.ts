@@ -83,12 +83,9 @@ describe("the Grafana dashboards", () => {
     const now = Date.now();
     const rows = Array.from({ length: 90 }, (_, i) => row(`dash-${i % 3}`, i, now - i * 20_000));
     const odd = row("dash-odd", 1, now - 5000);
-    odd.payload = JSON.stringify({
-      event_id: odd.eventId,
-      ts: now,
-      temperature: "21.5 C",
-      battery: null,
-    });
+    odd.payload = Buffer.from(
+      JSON.stringify({ event_id: odd.eventId, ts: now, temperature: "21.5 C", battery: null }),
+    );
     await Promise.all([...rows, odd].map((r) => writer.write(r)));
     await writer.ingest({
       topic: "telemetry/dash-0/env",

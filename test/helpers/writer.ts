@@ -48,7 +48,9 @@ export function row(device: string, n: number, timeMs = Date.now()): TelemetryRo
     deviceId: device,
     eventId,
     timeMs,
-    payload: JSON.stringify({ event_id: eventId, ts: timeMs, temperature: 20 + (n % 10) / 10 }),
+    payload: Buffer.from(
+      JSON.stringify({ event_id: eventId, ts: timeMs, temperature: 20 + (n % 10) / 10 }),
+    ),
     receivedAtMs: Date.now(),
     clientId: device,
   };

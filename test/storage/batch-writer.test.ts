@@ -77,7 +77,7 @@ describe("BatchWriter", () => {
       deviceId: "cols",
       eventId: "cols-1",
       timeMs,
-      payload: payload.replace('"n"', '\n\t"n"'),
+      payload: Buffer.from(payload.replace('"n"', '\n\t"n"')),
       receivedAtMs: received,
       clientId: "c1",
     });
@@ -112,8 +112,8 @@ describe("BatchWriter", () => {
     const nul = rows[300];
     const surrogate = rows[700];
     if (!nul || !surrogate) throw new Error("unreachable");
-    nul.payload = nul.payload.replace("}", ',"bad":"\\u0000"}');
-    surrogate.payload = surrogate.payload.replace("}", ',"bad":"\\ud800"}');
+    nul.payload = Buffer.from(nul.payload.toString().replace("}", ',"bad":"\\u0000"}'));
+    surrogate.payload = Buffer.from(surrogate.payload.toString().replace("}", ',"bad":"\\ud800"}'));
     const outcomes = await Promise.all(rows.map((r) => writer.write(r)));
     expect(tally(outcomes)).toEqual({ stored: 998, rejected_database_refused: 2 });
     expect(outcomes[300]).toMatchObject({
@@ -126,7 +126,7 @@ describe("BatchWriter", () => {
     const { rows: letters } = await pool.query(
       "SELECT topic, client_id, reason, payload FROM telemetry_rejected WHERE topic = 'telemetry/poison/env' ORDER BY id",
     );
-    expect(letters.map((l) => l.payload.toString())).toEqual([nul.payload, surrogate.payload]);
+    expect(letters.map((l) => l.payload)).toEqual([nul.payload, surrogate.payload]);
     expect(letters.every((l) => l.reason === "database_refused" && l.client_id === "poison")).toBe(
       true,
     );
