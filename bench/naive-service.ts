@@ -32,7 +32,14 @@ async function ingest(message: RawMessage): Promise<WriteOutcome> {
 }
 
 const hooks = createIngestHooks({
-  ingest: { ingest },
+  ingest: {
+    submit: (message, receipt) => {
+      ingest(message).then(
+        (outcome) => receipt.settle(outcome),
+        (error) => receipt.fail(error),
+      );
+    },
+  },
   topics: ["telemetry/#"],
   timeoutMs: 30_000,
   logger,

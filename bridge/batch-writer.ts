@@ -28,6 +28,19 @@ export type WriteOutcome =
   | { status: "duplicate"; source: "window" | "database" }
   | { status: "rejected"; reason: RejectReason; detail: string };
 
+const STORED: WriteOutcome = Object.freeze({ status: "stored" });
+const DUPLICATE_WINDOW: WriteOutcome = Object.freeze({ status: "duplicate", source: "window" });
+const DUPLICATE_DATABASE: WriteOutcome = Object.freeze({
+  status: "duplicate",
+  source: "database",
+});
+
+/** Told once what became of a message: after its COMMIT, or the error that stopped it. */
+export interface Receipt {
+  settle(outcome: WriteOutcome): void;
+  fail(error: unknown): void;
+}
+
 export interface DeadLetter {
   topic: string;
   clientId: string | null;
@@ -73,11 +86,15 @@ export interface BatchReport {
 interface Pending<T> {
   value: T;
   enqueuedAt: number;
-  settle(outcome: WriteOutcome): void;
-  fail(error: unknown): void;
+  receipt: Receipt;
 }
 
-type RowItem = Pending<TelemetryRow> & { kind: "row"; key: string };
+type RowItem = Pending<TelemetryRow> & {
+  kind: "row";
+  key: string;
+  /** Copies of the message that arrived while it was being written: they share its outcome. */
+  redeliveries: Receipt[] | undefined;
+};
 type LetterItem = Pending<DeadLetter> & { kind: "letter" };
 type Item = RowItem | LetterItem;
 
@@ -155,7 +172,7 @@ export class BatchWriter {
   /** Callers past `queueMaxRows`: their messages join the queue as it drains. */
   private readonly waiting: Item[] = [];
   /** Keys queued or being written: a redelivery waits for the first copy's outcome. */
-  private readonly inflight = new Map<string, Promise<WriteOutcome>>();
+  private readonly inflight = new Map<string, RowItem>();
   private readonly drained: (() => void)[] = [];
   /** Batches being written, each on its own connection. */
   private active = 0;
@@ -210,64 +227,95 @@ export class BatchWriter {
 
   /** Validates a raw message, then writes it or dead-letters it. */
   ingest(message: RawMessage): Promise<WriteOutcome> {
+    return new Promise((settle, fail) => this.submit(message, { settle, fail }));
+  }
+
+  /** `ingest` for callers that take a receipt instead of a promise for each message. */
+  submit(message: RawMessage, receipt: Receipt): void {
     const parsed = parseTelemetry(message, this.options.maxPayloadBytes);
-    if (parsed.ok) return this.write(parsed.row);
-    return this.deadLetter({
-      topic: message.topic,
-      clientId: message.clientId,
-      payload: message.payload,
-      reason: parsed.reason,
-      detail: parsed.detail,
-      receivedAtMs: message.receivedAtMs,
-    });
+    if (parsed.ok) {
+      this.writeRow(parsed.row, receipt);
+      return;
+    }
+    this.submitLetter(
+      {
+        topic: message.topic,
+        clientId: message.clientId,
+        payload: message.payload,
+        reason: parsed.reason,
+        detail: parsed.detail,
+        receivedAtMs: message.receivedAtMs,
+      },
+      receipt,
+    );
   }
 
   write(row: TelemetryRow): Promise<WriteOutcome> {
-    if (this.closing) return Promise.reject(new WriterClosedError("the writer is closed"));
-    this.counters.received++;
-    if (this.topics.size < MAX_TOPICS_TRACKED) this.topics.add(row.topic);
-    const verdict = this.partitions.judge(row.timeMs);
-    if (!verdict.ok) {
-      return this.queueLetter({
-        topic: row.topic,
-        clientId: row.clientId,
-        payload: row.payload,
-        reason: verdict.reason,
-        detail: `ts ${copy.timestamp(row.timeMs)} is outside the partitions kept`,
-        receivedAtMs: row.receivedAtMs,
-      });
-    }
-    const key = this.window.key(row.topic, row.eventId, row.timeMs);
-    if (this.window.has(key)) {
-      this.counters.duplicateWindow++;
-      return Promise.resolve({ status: "duplicate", source: "window" });
-    }
-    const first = this.inflight.get(key);
-    if (first) {
-      return first.then((outcome) => {
-        if (outcome.status === "rejected") return outcome;
-        this.counters.duplicateWindow++;
-        return { status: "duplicate", source: "window" };
-      });
-    }
-    const promise = new Promise<WriteOutcome>((settle, fail) => {
-      this.enqueue({ kind: "row", key, value: row, enqueuedAt: Date.now(), settle, fail });
-    });
-    this.inflight.set(key, promise);
-    return promise;
+    return new Promise((settle, fail) => this.writeRow(row, { settle, fail }));
   }
 
   /** Records a message that cannot be stored as telemetry; settles after COMMIT. */
   deadLetter(letter: DeadLetter): Promise<WriteOutcome> {
-    if (this.closing) return Promise.reject(new WriterClosedError("the writer is closed"));
-    this.counters.received++;
-    return this.queueLetter(letter);
+    return new Promise((settle, fail) => this.submitLetter(letter, { settle, fail }));
   }
 
-  private queueLetter(letter: DeadLetter): Promise<WriteOutcome> {
-    return new Promise<WriteOutcome>((settle, fail) => {
-      this.enqueue({ kind: "letter", value: letter, enqueuedAt: Date.now(), settle, fail });
-    });
+  private writeRow(row: TelemetryRow, receipt: Receipt): void {
+    if (this.closing) {
+      receipt.fail(new WriterClosedError("the writer is closed"));
+      return;
+    }
+    this.counters.received++;
+    if (this.topics.size < MAX_TOPICS_TRACKED) this.topics.add(row.topic);
+    const verdict = this.partitions.judge(row.timeMs);
+    if (!verdict.ok) {
+      this.queueLetter(
+        {
+          topic: row.topic,
+          clientId: row.clientId,
+          payload: row.payload,
+          reason: verdict.reason,
+          detail: `ts ${copy.timestamp(row.timeMs)} is outside the partitions kept`,
+          receivedAtMs: row.receivedAtMs,
+        },
+        receipt,
+      );
+      return;
+    }
+    const key = this.window.key(row.topic, row.eventId, row.timeMs);
+    if (this.window.has(key)) {
+      this.counters.duplicateWindow++;
+      receipt.settle(DUPLICATE_WINDOW);
+      return;
+    }
+    const first = this.inflight.get(key);
+    if (first) {
+      first.redeliveries ??= [];
+      first.redeliveries.push(receipt);
+      return;
+    }
+    const item: RowItem = {
+      kind: "row",
+      key,
+      value: row,
+      enqueuedAt: Date.now(),
+      receipt,
+      redeliveries: undefined,
+    };
+    this.inflight.set(key, item);
+    this.enqueue(item);
+  }
+
+  private submitLetter(letter: DeadLetter, receipt: Receipt): void {
+    if (this.closing) {
+      receipt.fail(new WriterClosedError("the writer is closed"));
+      return;
+    }
+    this.counters.received++;
+    this.queueLetter(letter, receipt);
+  }
+
+  private queueLetter(letter: DeadLetter, receipt: Receipt): void {
+    this.enqueue({ kind: "letter", value: letter, enqueuedAt: Date.now(), receipt });
   }
 
   /** Resolves once everything handed over so far is committed (or failed). */
@@ -430,8 +478,10 @@ export class BatchWriter {
         receivedAtMs: row.receivedAtMs,
       },
       enqueuedAt: item.enqueuedAt,
-      settle: (outcome) => this.settleRow(item, outcome),
-      fail: (failure) => this.failItem(item, failure),
+      receipt: {
+        settle: (outcome) => this.settleRow(item, outcome),
+        fail: (failure) => this.failItem(item, failure),
+      },
     };
   }
 
@@ -488,16 +538,15 @@ export class BatchWriter {
 
   private settle(rows: RowItem[], letters: LetterItem[], stored: Set<string> | undefined): void {
     for (const item of rows) {
-      const outcome: WriteOutcome =
-        stored === undefined || stored.has(item.key)
-          ? { status: "stored" }
-          : { status: "duplicate", source: "database" };
-      this.settleRow(item, outcome);
+      this.settleRow(
+        item,
+        stored === undefined || stored.has(item.key) ? STORED : DUPLICATE_DATABASE,
+      );
     }
     for (const item of letters) {
       const { reason, detail } = item.value;
       this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1;
-      item.settle({ status: "rejected", reason, detail });
+      item.receipt.settle({ status: "rejected", reason, detail });
     }
   }
 
@@ -507,11 +556,22 @@ export class BatchWriter {
     // Into the window before leaving inflight, so no redelivery slips between.
     if (outcome.status !== "rejected") this.window.add(item.key);
     this.inflight.delete(item.key);
-    item.settle(outcome);
+    item.receipt.settle(outcome);
+    for (const receipt of item.redeliveries ?? []) {
+      if (outcome.status === "rejected") {
+        receipt.settle(outcome);
+      } else {
+        this.counters.duplicateWindow++;
+        receipt.settle(DUPLICATE_WINDOW);
+      }
+    }
   }
 
   private failItem(item: Item, error: unknown): void {
-    if (item.kind === "row") this.inflight.delete(item.key);
-    item.fail(error);
+    if (item.kind === "row") {
+      this.inflight.delete(item.key);
+      for (const receipt of item.redeliveries ?? []) receipt.fail(error);
+    }
+    item.receipt.fail(error);
   }
 }

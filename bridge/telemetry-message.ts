@@ -115,10 +115,13 @@ function reject(reason: RejectReason, detail: string): ParseResult {
  */
 export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): ParseResult {
   const { topic, payload } = message;
-  const deviceId = topic.split("/")[1];
+  const start = topic.indexOf("/") + 1;
+  const end = topic.indexOf("/", start);
+  const deviceId = start === 0 ? "" : topic.slice(start, end === -1 ? undefined : end);
   if (!deviceId) return reject("topic_invalid", "topic must be <prefix>/<device_id>/…");
   if (
-    Buffer.byteLength(topic) > MAX_TOPIC_BYTES ||
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: count bytes only when it could matter.
+    (topic.length * 3 > MAX_TOPIC_BYTES && Buffer.byteLength(topic) > MAX_TOPIC_BYTES) ||
     topic.includes("\u0000") ||
     !topic.isWellFormed()
   ) {

@@ -1,12 +1,12 @@
 import type { AedesPublishPacket, Client, ConnectPacket, PublishPacket } from "aedes";
-import type { WriteOutcome } from "../bridge/batch-writer.ts";
+import type { Receipt, WriteOutcome } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
 import type { RawMessage } from "../bridge/telemetry-message.ts";
 import { topicMatcher } from "./topic-filter.ts";
 
-/** Where bridged messages go: settles once the message is committed. */
+/** Where bridged messages go: the receipt is told once the message is committed. */
 export interface Ingest {
-  ingest(message: RawMessage): Promise<WriteOutcome>;
+  submit(message: RawMessage, receipt: Receipt): void;
 }
 
 export interface IngestHookOptions {
@@ -19,19 +19,19 @@ export interface IngestHookOptions {
 
 type Callback = (error?: Error | null) => void;
 
-interface Waiting {
-  callback: Callback;
+interface ClientState {
+  queue: Waiting[];
+  /** Armed for the head of the queue; it re-arms itself for a later head. */
+  timer: NodeJS.Timeout | undefined;
+  /** Set once the client was disconnected for a late commit: later outcomes are ignored. */
+  abandoned: boolean;
+}
+
+interface Waiting extends Receipt {
   deadline: number;
   done: boolean;
   error: Error | undefined;
-}
-
-interface ClientState {
-  queue: Waiting[];
-  timer: NodeJS.Timeout | undefined;
-  timerFor: Waiting | undefined;
-  /** Set once the client was disconnected for a late commit: later outcomes are ignored. */
-  abandoned: boolean;
+  callback: Callback;
 }
 
 export class IngestTimeoutError extends Error {
@@ -79,17 +79,24 @@ export function createIngestHooks(options: IngestHookOptions) {
       head.callback(null);
       head = state.queue[0];
     }
-    arm(client, state);
   }
 
+  /**
+   * One timer per client, for the head's deadline. Heads usually commit long
+   * before it, so the timer is left running and, when it fires, re-arms for
+   * whichever message is then the head: no timer per message.
+   */
   function arm(client: Client, state: ClientState): void {
     const head = state.queue[0];
-    if (state.timerFor === head) return;
-    if (state.timer) clearTimeout(state.timer);
-    state.timer = undefined;
-    state.timerFor = head;
-    if (!head) return;
-    state.timer = setTimeout(() => expire(client, state), Math.max(0, head.deadline - Date.now()));
+    if (state.timer || !head) return;
+    state.timer = setTimeout(() => {
+      state.timer = undefined;
+      const current = state.queue[0];
+      if (!current || state.abandoned) return;
+      if (!current.done && current.deadline <= Date.now()) expire(client, state, current);
+      else arm(client, state);
+    }, head.deadline - Date.now());
+    state.timer.unref();
   }
 
   function abandon(client: Client, state: ClientState): void {
@@ -98,9 +105,7 @@ export function createIngestHooks(options: IngestHookOptions) {
     clients.delete(client);
   }
 
-  function expire(client: Client, state: ClientState): void {
-    const head = state.queue[0];
-    if (!head || head.done) return;
+  function expire(client: Client, state: ClientState, head: Waiting): void {
     abandon(client, state);
     options.logger.warn(
       { clientId: client.id, waiting: state.queue.length, capMs: capFor(client) },
@@ -113,10 +118,38 @@ export function createIngestHooks(options: IngestHookOptions) {
   function track(client: Client): ClientState {
     let state = clients.get(client);
     if (!state) {
-      state = { queue: [], timer: undefined, timerFor: undefined, abandoned: false };
+      state = { queue: [], timer: undefined, abandoned: false };
       clients.set(client, state);
     }
     return state;
+  }
+
+  /** A bridged message waiting for its commit, released in its client's order. */
+  class Entry implements Waiting {
+    readonly deadline: number;
+    done = false;
+    error: Error | undefined = undefined;
+
+    constructor(
+      private readonly client: Client,
+      private readonly state: ClientState,
+      private readonly payload: Buffer,
+      readonly callback: Callback,
+    ) {
+      this.deadline = Date.now() + capFor(client);
+    }
+
+    settle(outcome: WriteOutcome): void {
+      if (outcome.status === "duplicate") repeats.add(this.payload);
+      this.done = true;
+      release(this.client, this.state);
+    }
+
+    fail(error: Error): void {
+      this.done = true;
+      this.error = error;
+      release(this.client, this.state);
+    }
   }
 
   function preConnect(
@@ -144,47 +177,28 @@ export function createIngestHooks(options: IngestHookOptions) {
     }
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
     packet.payload = payload;
-    const outcome = options.ingest.ingest({
+    const message: RawMessage = {
       topic: packet.topic,
       payload,
       clientId: client ? client.id : null,
       receivedAtMs: Date.now(),
-    });
-    const remember = (result: WriteOutcome) => {
-      if (result.status === "duplicate") repeats.add(payload);
     };
     if (!client) {
       // A will message: no connection waits on it.
-      outcome.then(
-        (result) => {
-          remember(result);
+      options.ingest.submit(message, {
+        settle: (outcome) => {
+          if (outcome.status === "duplicate") repeats.add(payload);
           callback(null);
         },
-        (error: Error) => callback(error),
-      );
+        fail: callback,
+      });
       return;
     }
     const state = track(client);
-    const waiting: Waiting = {
-      callback,
-      deadline: Date.now() + capFor(client),
-      done: false,
-      error: undefined,
-    };
-    state.queue.push(waiting);
+    const entry = new Entry(client, state, payload, callback);
+    state.queue.push(entry);
     arm(client, state);
-    outcome.then(
-      (result) => {
-        remember(result);
-        waiting.done = true;
-        release(client, state);
-      },
-      (error: Error) => {
-        waiting.done = true;
-        waiting.error = error;
-        release(client, state);
-      },
-    );
+    options.ingest.submit(message, entry);
   }
 
   function authorizeForward(

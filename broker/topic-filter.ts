@@ -17,7 +17,7 @@ export function validateFilter(filter: string): string | undefined {
 }
 
 export function topicMatches(filter: string, topic: string): boolean {
-  return levelsMatch(filter.split("/"), topic);
+  return compile(filter)(topic);
 }
 
 function levelsMatch(f: readonly string[], topic: string): boolean {
@@ -32,8 +32,22 @@ function levelsMatch(f: readonly string[], topic: string): boolean {
   return f.length === t.length;
 }
 
-/** A matcher for a list of filters, split once: it runs for every message. */
+/** One filter as a test; without `+`, a comparison of strings instead of levels. */
+function compile(filter: string): (topic: string) => boolean {
+  if (filter === "#") return (topic) => !topic.startsWith("$");
+  if (!filter.includes("+")) {
+    if (!filter.endsWith("/#")) return (topic) => topic === filter;
+    // "a/#" matches "a" itself and everything below it.
+    const parent = filter.slice(0, -2);
+    const prefix = filter.slice(0, -1);
+    return (topic) => topic.startsWith(prefix) || topic === parent;
+  }
+  const levels = filter.split("/");
+  return (topic) => levelsMatch(levels, topic);
+}
+
+/** A matcher for a list of filters, compiled once: it runs for every message. */
 export function topicMatcher(filters: readonly string[]): (topic: string) => boolean {
-  const split = filters.map((filter) => filter.split("/"));
-  return (topic) => split.some((levels) => levelsMatch(levels, topic));
+  const tests = filters.map(compile);
+  return (topic) => tests.some((test) => test(topic));
 }

@@ -1,6 +1,5 @@
 import type { BatchWriter, WriteOutcome } from "../bridge/batch-writer.ts";
 import type { RejectReason } from "../bridge/telemetry-message.ts";
-import type { Ingest } from "../broker/ingest-hook.ts";
 
 export interface EventResult {
   index: number;
@@ -64,7 +63,7 @@ function checkShape(event: unknown, bridged: (topic: string) => boolean): Shape 
  */
 export async function publishEvents(
   events: unknown[],
-  writer: Pick<BatchWriter, "deadLetter"> & Ingest,
+  writer: Pick<BatchWriter, "deadLetter" | "ingest">,
   bridged: (topic: string) => boolean,
   clientId: string,
 ): Promise<{ results: EventResult[]; stored: { topic: string; payload: Buffer }[] }> {

@@ -17,6 +17,9 @@ describe("topic filters", () => {
       ["$SYS/#", "$SYS/broker/load", true],
       ["a/b", "a/b", true],
       ["a/b", "a/b/c", false],
+      ["a/b/#", "a/bc", false],
+      ["a/b/#", "a/b/", true],
+      ["a/+/#", "a/x", true],
     ];
     for (const [filter, topic, expected] of cases) {
       expect(topicMatches(filter, topic), `${filter} ~ ${topic}`).toBe(expected);
