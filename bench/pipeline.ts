@@ -141,7 +141,15 @@ export async function benchScenario(
     const perDevice = Math.ceil(messages / shape.devices);
     const intervalMs = shape.ratePerDevice ? 1000 / shape.ratePerDevice : 0;
     const streams = devices.map(
-      (device, d) => new Stream(device, `bench-${tag}-${d}`, perDevice, shape.inflight, intervalMs),
+      (device, d) =>
+        new Stream(
+          device,
+          `bench-${tag}-${d}`,
+          perDevice,
+          shape.inflight,
+          intervalMs,
+          (intervalMs * d) / shape.devices,
+        ),
     );
     const cpuBefore = pid ? await cpuSeconds(pid) : 0;
     const started = performance.now();

@@ -53,13 +53,16 @@ export class Stream {
     private readonly name: string,
     private readonly count: number,
     private readonly inflight: number,
-    /** A device sampling at a fixed rate: reading n is due `n × intervalMs` after the start. */
+    /** A device sampling at a fixed rate: reading n is due `offsetMs + n × intervalMs` after the start. */
     private readonly intervalMs = 0,
+    /** Where in the interval this device samples, so that a fleet's readings do not all fall due at once. */
+    private readonly offsetMs = 0,
   ) {}
 
   /** Resolves once every reading is acknowledged. */
   run(): Promise<void> {
     const ts = Date.now();
+    const start = ts + this.offsetMs;
     return new Promise((resolve, reject) => {
       const next = () => {
         if (this.acked.size === this.count) return resolve();
@@ -76,7 +79,7 @@ export class Stream {
               this.acked.set(eventId, Date.now());
               this.latencies.push(performance.now() - sentAt);
               if (this.intervalMs > 0) {
-                setTimeout(next, Math.max(0, ts + this.sent * this.intervalMs - Date.now()));
+                setTimeout(next, Math.max(0, start + this.sent * this.intervalMs - Date.now()));
               } else {
                 next();
               }
@@ -84,7 +87,7 @@ export class Stream {
           );
         }
       };
-      next();
+      setTimeout(next, this.offsetMs);
     });
   }
 }
