@@ -151,8 +151,9 @@ function describe(error: unknown): string {
  * connection failures and retryable SQLSTATEs are retried with backoff for
  * as long as it takes, while callers wait.
  *
- * Every promise settles after COMMIT, so a caller that acknowledges on
- * settlement never acknowledges what could still be lost.
+ * Every outcome (a receipt told, a promise settled) comes after COMMIT, so
+ * a caller that acknowledges on it never acknowledges what could still be
+ * lost.
  */
 export class BatchWriter {
   readonly window: DedupWindow;
@@ -260,10 +261,7 @@ export class BatchWriter {
   }
 
   private writeRow(row: TelemetryRow, receipt: Receipt): void {
-    if (this.closing) {
-      receipt.fail(new WriterClosedError("the writer is closed"));
-      return;
-    }
+    if (this.refusedWhenClosed(receipt)) return;
     this.counters.received++;
     if (this.topics.size < MAX_TOPICS_TRACKED) this.topics.add(row.topic);
     const verdict = this.partitions.judge(row.timeMs);
@@ -306,12 +304,15 @@ export class BatchWriter {
   }
 
   private submitLetter(letter: DeadLetter, receipt: Receipt): void {
-    if (this.closing) {
-      receipt.fail(new WriterClosedError("the writer is closed"));
-      return;
-    }
+    if (this.refusedWhenClosed(receipt)) return;
     this.counters.received++;
     this.queueLetter(letter, receipt);
+  }
+
+  /** Fails the receipt once the writer takes no more messages. */
+  private refusedWhenClosed(receipt: Receipt): boolean {
+    if (this.closing) receipt.fail(new WriterClosedError("the writer is closed"));
+    return this.closing;
   }
 
   private queueLetter(letter: DeadLetter, receipt: Receipt): void {
@@ -464,7 +465,7 @@ export class BatchWriter {
     }
   }
 
-  /** Turns a refused row into a dead letter whose outcome settles the row's promise. */
+  /** Turns a refused row into a dead letter whose outcome is the row's. */
   private refusedLetter(item: RowItem, error: unknown): LetterItem {
     const row = item.value;
     return {
