@@ -104,6 +104,14 @@ function codePoints(text: string): number {
   return count;
 }
 
+/** A topic's second level, `<prefix>/<device_id>/…`; empty when it has none. */
+export function deviceIdOf(topic: string): string {
+  const start = topic.indexOf("/") + 1;
+  if (start === 0) return "";
+  const end = topic.indexOf("/", start);
+  return topic.slice(start, end === -1 ? undefined : end);
+}
+
 function reject(reason: RejectReason, detail: string): ParseResult {
   return { ok: false, reason, detail };
 }
@@ -115,9 +123,7 @@ function reject(reason: RejectReason, detail: string): ParseResult {
  */
 export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): ParseResult {
   const { topic, payload } = message;
-  const start = topic.indexOf("/") + 1;
-  const end = topic.indexOf("/", start);
-  const deviceId = start === 0 ? "" : topic.slice(start, end === -1 ? undefined : end);
+  const deviceId = deviceIdOf(topic);
   if (!deviceId) return reject("topic_invalid", "topic must be <prefix>/<device_id>/…");
   if (
     // UTF-8 takes at most 3 bytes per UTF-16 unit: count bytes only when it could matter.

@@ -3,7 +3,7 @@ import type pg from "pg";
 import type { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
 import type { Metrics } from "../bridge/metrics.ts";
-import { parseTimestamp } from "../bridge/telemetry-message.ts";
+import { deviceIdOf, parseTimestamp } from "../bridge/telemetry-message.ts";
 import type { MqttServer } from "../broker/mqtt-server.ts";
 import { topicMatcher } from "../broker/topic-filter.ts";
 import { publishEvents } from "./publish.ts";
@@ -153,7 +153,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     if (query.topic) {
       where("topic = ?", query.topic);
       // The device id is the topic's second level; naming it lets (device_id, time DESC) serve the query.
-      if (!query.device_id) where("device_id = ?", query.topic.split("/")[1] ?? "");
+      if (!query.device_id) where("device_id = ?", deviceIdOf(query.topic));
     }
     if (query.device_id) where("device_id = ?", query.device_id);
     const since = optionalTime(query, "since");
