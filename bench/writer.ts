@@ -4,11 +4,9 @@
  * the same rows, one after the other.
  */
 
-import { finished } from "node:stream/promises";
 import pg from "pg";
-import { from as copyFrom } from "pg-copy-streams";
 import { pino } from "pino";
-import { BatchWriter, COPY_TELEMETRY } from "../bridge/batch-writer.ts";
+import { BatchWriter, COPY_TELEMETRY, copyIn } from "../bridge/batch-writer.ts";
 import { encodeRows } from "../bridge/copy-binary.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { dayOf, Partitions } from "../bridge/partitions.ts";
@@ -123,9 +121,7 @@ async function copyWriter(pool: pg.Pool, rows: TelemetryRow[], batch: number): P
       next += batch;
       const client = await pool.connect();
       try {
-        const stream = client.query(copyFrom(COPY_TELEMETRY));
-        stream.end(encodeRows(rows.slice(start, start + batch)));
-        await finished(stream);
+        await copyIn(client, COPY_TELEMETRY, encodeRows(rows.slice(start, start + batch)));
       } finally {
         client.release();
       }

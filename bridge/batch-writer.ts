@@ -126,7 +126,12 @@ function letterLine(letter: DeadLetter): string {
   return `${copy.timestamp(letter.receivedAtMs)}\t${copy.nullableText(clientId)}\t${copy.text(storable(letter.topic))}\t${letter.reason}\t${copy.text(storable(letter.detail))}\t${copy.bytea(letter.payload)}\n`;
 }
 
-async function copyIn(client: pg.PoolClient, sql: string, data: Buffer | string): Promise<void> {
+/** Sends `data` to a `COPY … FROM STDIN` and waits for PostgreSQL to accept it. */
+export async function copyIn(
+  client: pg.PoolClient,
+  sql: string,
+  data: Buffer | string,
+): Promise<void> {
   const stream = client.query(copyFrom(sql));
   stream.end(data);
   await finished(stream);
