@@ -1,3 +1,4 @@
+import fs from "node:fs";
 import path from "node:path";
 import cron from "node-cron";
 import { validateFilter } from "../broker/topic-filter.ts";
@@ -8,8 +9,26 @@ import { validateFilter } from "../broker/topic-filter.ts";
  * when it is wrong.
  */
 export interface Config {
+  /** Address the MQTT listeners bind to (TCP, TLS, WebSockets). */
+  mqttHost: string;
   /** TCP port of the MQTT broker. */
   mqttPort: number;
+  /** Port of MQTT over TLS; listens only when TLS_CERT_FILE and TLS_KEY_FILE are set. */
+  mqttsPort: number;
+  /** Port of MQTT over WebSockets (path /mqtt, WSS with TLS); unset: no WebSocket listener. */
+  mqttWsPort: number | undefined;
+  /** PEM certificate chain and key of the TLS listeners. */
+  tlsCertFile: string | undefined;
+  tlsKeyFile: string | undefined;
+  /** PEM CA whose client certificates identify clients by their CN. */
+  tlsCaFile: string | undefined;
+  /**
+   * Clients without credentials: true accepts them, false refuses them,
+   * unset accepts them only while every listener is bound to loopback.
+   */
+  allowAnonymous: boolean | undefined;
+  /** Address the HTTP API binds to. */
+  httpHost: string;
   /** Port of the HTTP API (/publish, /events, /stats, /health, /metrics). */
   httpPort: number;
   /** Largest HTTP request body accepted; larger ones get 413. */
@@ -52,7 +71,15 @@ export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export const defaults = {
+  mqttHost: "127.0.0.1",
   mqttPort: 1883,
+  mqttsPort: 8883,
+  mqttWsPort: undefined,
+  tlsCertFile: undefined,
+  tlsKeyFile: undefined,
+  tlsCaFile: undefined,
+  allowAnonymous: undefined,
+  httpHost: "127.0.0.1",
   httpPort: 8080,
   httpBodyLimitBytes: 1024 * 1024,
   bridgeTopics: ["telemetry/#"],
@@ -74,7 +101,15 @@ export const defaults = {
 
 /** The environment variables `loadConfig` reads. */
 export const CONFIG_VARIABLES = [
+  "MQTT_HOST",
   "MQTT_PORT",
+  "MQTTS_PORT",
+  "MQTT_WS_PORT",
+  "TLS_CERT_FILE",
+  "TLS_KEY_FILE",
+  "TLS_CA_FILE",
+  "ALLOW_ANONYMOUS",
+  "HTTP_HOST",
   "HTTP_PORT",
   "HTTP_BODY_LIMIT_BYTES",
   "BRIDGE_TOPICS",
@@ -157,6 +192,54 @@ function topics(env: Env): string[] {
   return filters;
 }
 
+function host(env: Env, name: string, fallback: string): string {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  if (!/^[A-Za-z0-9.:_%-]+$/.test(raw)) {
+    throw new ConfigError(
+      `${name} must be an address to bind to, such as 127.0.0.1, 0.0.0.0 or :: (got "${raw}")`,
+    );
+  }
+  return raw;
+}
+
+function readableFile(env: Env, name: string): string | undefined {
+  const raw = env[name]?.trim();
+  if (!raw) return undefined;
+  const file = path.resolve(raw);
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch {
+    throw new ConfigError(`${name} must name a readable PEM file (cannot read "${raw}")`);
+  }
+  return file;
+}
+
+function tlsFiles(env: Env) {
+  const tlsCertFile = readableFile(env, "TLS_CERT_FILE");
+  const tlsKeyFile = readableFile(env, "TLS_KEY_FILE");
+  const tlsCaFile = readableFile(env, "TLS_CA_FILE");
+  if (Boolean(tlsCertFile) !== Boolean(tlsKeyFile)) {
+    throw new ConfigError(
+      `${tlsCertFile ? "TLS_KEY_FILE" : "TLS_CERT_FILE"} must be set too: TLS needs both a certificate and its key`,
+    );
+  }
+  if (tlsCaFile && !tlsCertFile) {
+    throw new ConfigError(
+      "TLS_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE: client certificates are accepted on the TLS listeners",
+    );
+  }
+  return { tlsCertFile, tlsKeyFile, tlsCaFile };
+}
+
+function allowAnonymous(env: Env): boolean | undefined {
+  const raw = env.ALLOW_ANONYMOUS?.trim().toLowerCase();
+  if (!raw) return undefined;
+  if (raw === "true") return true;
+  if (raw === "false") return false;
+  throw new ConfigError(`ALLOW_ANONYMOUS must be true or false (got "${env.ALLOW_ANONYMOUS}")`);
+}
+
 function schedule(env: Env): string {
   const raw = env.PARTITION_SCHEDULE;
   if (raw === undefined || raw.trim() === "") return defaults.partitionSchedule;
@@ -178,7 +261,13 @@ export function loadConfig(env: Env = process.env): Config {
     );
   }
   return {
+    mqttHost: host(env, "MQTT_HOST", defaults.mqttHost),
     mqttPort: integer(env, "MQTT_PORT", defaults.mqttPort, 0, 65535),
+    mqttsPort: integer(env, "MQTTS_PORT", defaults.mqttsPort, 0, 65535),
+    mqttWsPort: optionalInteger(env, "MQTT_WS_PORT", 0, 65535),
+    ...tlsFiles(env),
+    allowAnonymous: allowAnonymous(env),
+    httpHost: host(env, "HTTP_HOST", defaults.httpHost),
     httpPort: integer(env, "HTTP_PORT", defaults.httpPort, 0, 65535),
     httpBodyLimitBytes: integer(
       env,
