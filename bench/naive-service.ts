@@ -39,12 +39,19 @@ const hooks = createIngestHooks({
         (error) => receipt.fail(error),
       );
     },
+    // Like malformed messages above, letters are answered without being stored.
+    submitLetter: (letter, receipt) =>
+      receipt.settle({ status: "rejected", reason: letter.reason, detail: letter.detail }),
   },
   topics: ["telemetry/#"],
   timeoutMs: 30_000,
   logger,
 });
-const mqtt = await startMqttServer(Number(process.env.MQTT_PORT ?? 1883), hooks, logger);
+const mqtt = await startMqttServer(
+  { host: "127.0.0.1", port: Number(process.env.MQTT_PORT ?? 1883) },
+  hooks,
+  logger,
+);
 logger.info({ port: mqtt.port }, "ready");
 process.on("SIGTERM", async () => {
   await mqtt.close();

@@ -6,9 +6,14 @@ import type { Logger } from "../bridge/logger.ts";
 import { Metrics } from "../bridge/metrics.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { Partitions } from "../bridge/partitions.ts";
+import { type Access, createAccess } from "../broker/auth/access.ts";
+import { Authenticator } from "../broker/auth/authenticator.ts";
+import { watchIdentities } from "../broker/auth/revocation.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
 import { type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
+import { topicMatcher } from "../broker/topic-filter.ts";
 import { type HttpServer, startHttpServer } from "../http/server.ts";
+import { IdentityStore } from "../storage/identities.ts";
 
 export interface Service {
   mqttPort: number;
@@ -16,11 +21,28 @@ export interface Service {
   database: Database;
   writer: BatchWriter;
   mqtt: MqttServer;
+  access: Access;
+  /** Clients without credentials are accepted (see `anonymousAllowed`). */
+  anonymous: boolean;
   /** Stops accepting, commits and acknowledges what was received, then closes everything. */
   close(): Promise<void>;
 }
 
 const STATS_INTERVAL_MS = 10_000;
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/**
+ * As Mosquitto 2 does: without ALLOW_ANONYMOUS, clients without credentials
+ * are accepted only while nothing listens beyond loopback.
+ */
+export function anonymousAllowed(
+  config: Pick<Config, "allowAnonymous" | "mqttHost" | "httpHost">,
+): boolean {
+  return config.allowAnonymous ?? (isLoopback(config.mqttHost) && isLoopback(config.httpHost));
+}
 
 /** Database, migrations, partition job, writer, broker and HTTP API, started in that order. */
 export async function startService(config: Config, logger: Logger): Promise<Service> {
@@ -67,13 +89,51 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     );
     cleanup.push(() => writer.close());
 
+    const anonymous = anonymousAllowed(config);
+    const store = new IdentityStore(pool);
+    const authenticator = new Authenticator(store);
+    const access = createAccess({
+      authenticator,
+      store,
+      anonymous,
+      topics: config.bridgeTopics,
+      bridged: topicMatcher(config.bridgeTopics),
+      logger,
+    });
+    cleanup.push(() => access.close());
+    const watcher = watchIdentities(database.url, { access, authenticator, store, logger });
+    cleanup.push(() => watcher.close());
+    await watcher.ready;
+
     const hooks = createIngestHooks({
       ingest: writer,
       topics: config.bridgeTopics,
       timeoutMs: config.ingestTimeoutMs,
+      access,
       logger,
     });
-    const mqtt = await startMqttServer(config.mqttPort, hooks, logger);
+    const mqtt = await startMqttServer(
+      {
+        host: config.mqttHost,
+        port: config.mqttPort,
+        tls:
+          config.tlsCertFile && config.tlsKeyFile
+            ? {
+                port: config.mqttsPort,
+                certFile: config.tlsCertFile,
+                keyFile: config.tlsKeyFile,
+                caFile: config.tlsCaFile,
+              }
+            : undefined,
+        wsPort: config.mqttWsPort,
+      },
+      {
+        ...hooks,
+        authenticate: access.authenticate,
+        authorizeSubscribe: access.authorizeSubscribe,
+      },
+      logger,
+    );
     cleanup.push(() => mqtt.close());
     const metrics = new Metrics({
       writer,
@@ -86,6 +146,9 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       pool,
       mqtt,
       topics: config.bridgeTopics,
+      authenticator,
+      anonymous,
+      host: config.httpHost,
       bodyLimit: config.httpBodyLimitBytes,
       timeoutMs: config.ingestTimeoutMs,
       logger,
@@ -106,7 +169,16 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       })();
       return closing;
     };
-    return { mqttPort: mqtt.port, httpPort: http.port, database, writer, mqtt, close };
+    return {
+      mqttPort: mqtt.port,
+      httpPort: http.port,
+      database,
+      writer,
+      mqtt,
+      access,
+      anonymous,
+      close,
+    };
   } catch (error) {
     await unwind().catch((failure: unknown) => logger.error({ err: failure }, "cleanup failed"));
     throw error;

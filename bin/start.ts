@@ -41,6 +41,15 @@ async function main(): Promise<void> {
 
   service = await startService(config, logger);
   const mqttUrl = `mqtt://localhost:${service.mqttPort}`;
+  const openOnPurpose = service.anonymous && config.allowAnonymous === true;
+  const access = !service.anonymous
+    ? "credentials required (npm run devices -- add <id>); anonymous clients are refused"
+    : openOnPurpose
+      ? "anonymous clients allowed (ALLOW_ANONYMOUS=true): anyone who reaches a port can publish and subscribe"
+      : "anonymous clients allowed while every listener is on loopback (MQTT_HOST/HTTP_HOST beyond it require credentials)";
+  if (openOnPurpose) {
+    logger.warn("ALLOW_ANONYMOUS=true: clients without credentials may publish and subscribe");
+  }
   const databaseUrl = service.database.url;
   logger.info(
     {
@@ -49,6 +58,7 @@ async function main(): Promise<void> {
       topics: config.bridgeTopics,
       database: redactUrl(databaseUrl),
       embedded: service.database.embedded,
+      anonymous: service.anonymous,
     },
     "ready",
   );
@@ -61,6 +71,7 @@ async function main(): Promise<void> {
         `  MQTT       ${mqttUrl}   (stored: ${config.bridgeTopics.join(", ")})`,
         `  HTTP       http://localhost:${service.httpPort}   (/publish /events /stats /health /metrics)`,
         `  PostgreSQL ${databaseUrl}${service.database.embedded ? `   (embedded, data in ${config.dataDir})` : ""}`,
+        `  Access     ${access}`,
         "",
         "  Publish    mosquitto_pub -p " +
           `${service.mqttPort} -q 1 -t telemetry/dev-1/env -m '${example}'`,

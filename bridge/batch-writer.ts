@@ -265,6 +265,13 @@ export class BatchWriter {
     return new Promise((settle, fail) => this.submitLetter(letter, { settle, fail }));
   }
 
+  /** `deadLetter` for callers that take a receipt. */
+  submitLetter(letter: DeadLetter, receipt: Receipt): void {
+    if (this.refusedWhenClosed(receipt)) return;
+    this.counters.received++;
+    this.queueLetter(letter, receipt);
+  }
+
   private writeRow(row: TelemetryRow, receipt: Receipt): void {
     if (this.refusedWhenClosed(receipt)) return;
     this.counters.received++;
@@ -306,12 +313,6 @@ export class BatchWriter {
     };
     this.inflight.set(key, item);
     this.enqueue(item);
-  }
-
-  private submitLetter(letter: DeadLetter, receipt: Receipt): void {
-    if (this.refusedWhenClosed(receipt)) return;
-    this.counters.received++;
-    this.queueLetter(letter, receipt);
   }
 
   /** Fails the receipt once the writer takes no more messages. */

@@ -35,6 +35,7 @@ export type RejectReason =
   | "ts_in_future"
   | "ts_before_retention"
   | "source_invalid"
+  | "not_authorized"
   | "database_refused";
 
 export type ParseResult =

@@ -1,5 +1,5 @@
 import type { AedesPublishPacket, Client, ConnectPacket, PublishPacket } from "aedes";
-import type { Receipt, WriteOutcome } from "../bridge/batch-writer.ts";
+import type { DeadLetter, Receipt, WriteOutcome } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
 import type { RawMessage } from "../bridge/telemetry-message.ts";
 import { topicMatcher } from "./topic-filter.ts";
@@ -7,6 +7,15 @@ import { topicMatcher } from "./topic-filter.ts";
 /** Where bridged messages go: the receipt is told once the message is committed. */
 export interface Ingest {
   submit(message: RawMessage, receipt: Receipt): void;
+  /** Records what cannot be stored as telemetry; the receipt is told after COMMIT. */
+  submitLetter(letter: DeadLetter, receipt: Receipt): void;
+}
+
+/** Who may publish where; without it, every client may publish everywhere. */
+export interface PublishAccess {
+  canPublish(client: Client, topic: string): boolean;
+  /** Counts a denied publish; true when the client has had too many. */
+  deniedTooOften(client: Client): boolean;
 }
 
 export interface IngestHookOptions {
@@ -14,6 +23,7 @@ export interface IngestHookOptions {
   topics: readonly string[];
   /** Longest wait for a commit before the client is disconnected. */
   timeoutMs: number;
+  access?: PublishAccess;
   logger: Logger;
 }
 
@@ -56,8 +66,11 @@ export function createIngestHooks(options: IngestHookOptions) {
   const bridged = topicMatcher(options.topics);
   const keepaliveMs = new WeakMap<Client, number>();
   const clients = new WeakMap<Client, ClientState>();
-  /** Payloads of redeliveries: acknowledged, but not forwarded to subscribers a second time. */
-  const repeats = new WeakSet<Buffer>();
+  /**
+   * Payloads of redeliveries and of denied publishes: acknowledged, but not
+   * forwarded to subscribers (again).
+   */
+  const unforwarded = new WeakSet<Buffer>();
 
   function capFor(client: Client): number {
     const keepalive = keepaliveMs.get(client) ?? 0;
@@ -140,7 +153,7 @@ export function createIngestHooks(options: IngestHookOptions) {
     }
 
     settle(outcome: WriteOutcome): void {
-      if (outcome.status === "duplicate") repeats.add(this.payload);
+      if (outcome.status === "duplicate") unforwarded.add(this.payload);
       this.done = true;
       release(this.client, this.state);
     }
@@ -171,12 +184,17 @@ export function createIngestHooks(options: IngestHookOptions) {
       callback(new Error("$SYS/ topics are reserved for the broker"));
       return;
     }
-    if (!bridged(packet.topic)) {
+    const denied = client !== null && options.access?.canPublish(client, packet.topic) === false;
+    if (!denied && !bridged(packet.topic)) {
       callback(null);
       return;
     }
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
     packet.payload = payload;
+    if (denied) {
+      deny(client, packet, payload, callback);
+      return;
+    }
     const message: RawMessage = {
       topic: packet.topic,
       payload,
@@ -187,7 +205,7 @@ export function createIngestHooks(options: IngestHookOptions) {
       // A will message: no connection waits on it.
       options.ingest.submit(message, {
         settle: (outcome) => {
-          if (outcome.status === "duplicate") repeats.add(payload);
+          if (outcome.status === "duplicate") unforwarded.add(payload);
           callback(null);
         },
         fail: callback,
@@ -201,11 +219,45 @@ export function createIngestHooks(options: IngestHookOptions) {
     options.ingest.submit(message, entry);
   }
 
+  /**
+   * A publish the ACL denies is acknowledged (a QoS 1 device would resend it
+   * forever otherwise) and dead-lettered as `not_authorized`, in the
+   * client's order, but neither retained nor forwarded. A client that keeps
+   * at it is disconnected.
+   */
+  function deny(client: Client, packet: PublishPacket, payload: Buffer, callback: Callback): void {
+    if (options.access?.deniedTooOften(client)) {
+      options.logger.warn(
+        { clientId: client.id, topic: packet.topic },
+        "too many publishes not authorized: disconnecting",
+      );
+      callback(new Error("too many publishes not authorized"));
+      return;
+    }
+    packet.retain = false;
+    unforwarded.add(payload);
+    const state = track(client);
+    const entry = new Entry(client, state, payload, callback);
+    state.queue.push(entry);
+    arm(client, state);
+    options.ingest.submitLetter(
+      {
+        topic: packet.topic,
+        clientId: client.id,
+        payload,
+        reason: "not_authorized",
+        detail: "the ACL does not allow this client to publish on this topic",
+        receivedAtMs: Date.now(),
+      },
+      entry,
+    );
+  }
+
   function authorizeForward(
     _client: Client,
     packet: AedesPublishPacket,
   ): AedesPublishPacket | null {
-    return repeats.has(packet.payload as Buffer) ? null : packet;
+    return unforwarded.has(packet.payload as Buffer) ? null : packet;
   }
 
   return { preConnect, authorizePublish, authorizeForward };

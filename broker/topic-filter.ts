@@ -51,3 +51,30 @@ export function topicMatcher(filters: readonly string[]): (topic: string) => boo
   const tests = filters.map(compile);
   return (topic) => tests.some((test) => test(topic));
 }
+
+/** True when every topic `inner` matches is also matched by `outer`. */
+export function filterCovers(outer: string, inner: string): boolean {
+  const o = outer.split("/");
+  const i = inner.split("/");
+  if (inner.startsWith("$") && (o[0] === "+" || o[0] === "#")) return false;
+  for (let n = 0; n < o.length; n++) {
+    if (o[n] === "#") return true;
+    if (n >= i.length || i[n] === "#") return false;
+    if (o[n] !== "+" && (i[n] === "+" || o[n] !== i[n])) return false;
+  }
+  return o.length === i.length;
+}
+
+/**
+ * True when some topic matches both filters. `$` topics are not set apart
+ * here: a deny rule on `#` covers them too.
+ */
+export function filtersOverlap(a: string, b: string): boolean {
+  const x = a.split("/");
+  const y = b.split("/");
+  for (let n = 0; ; n++) {
+    if (x[n] === "#" || y[n] === "#") return true;
+    if (n >= x.length || n >= y.length) return x.length === y.length;
+    if (x[n] !== "+" && y[n] !== "+" && x[n] !== y[n]) return false;
+  }
+}

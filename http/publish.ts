@@ -23,10 +23,17 @@ const FIELD: Partial<Record<RejectReason, string>> = {
   payload_not_object: "payload",
   payload_too_large: "payload",
   payload_nul_character: "payload",
+  not_authorized: "topic",
 };
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+export interface TopicChecks {
+  bridged(topic: string): boolean;
+  /** What the caller's identity may publish on. */
+  allowed(topic: string): boolean;
 }
 
 type Shape =
@@ -34,13 +41,16 @@ type Shape =
   | { ok: false; reason: RejectReason; detail: string };
 
 /** Checks the event's shape before it is turned into a message. */
-function checkShape(event: unknown, bridged: (topic: string) => boolean): Shape {
+function checkShape(event: unknown, topics: TopicChecks): Shape {
   const fail = (reason: RejectReason, detail: string): Shape => ({ ok: false, reason, detail });
   if (!isObject(event)) return fail("payload_not_object", "each event must be a JSON object");
   const { topic } = event;
   if (typeof topic !== "string" || topic === "")
     return fail("topic_invalid", "topic must be a non-empty string");
-  if (!bridged(topic)) return fail("topic_invalid", "topic matches none of BRIDGE_TOPICS");
+  if (!topics.bridged(topic)) return fail("topic_invalid", "topic matches none of BRIDGE_TOPICS");
+  if (!topics.allowed(topic)) {
+    return fail("not_authorized", "this identity may not publish on this topic");
+  }
   if (event.event_id === undefined) return fail("event_id_missing", "event_id is required");
   if (event.timestamp === undefined) return fail("ts_missing", "timestamp is required");
   if (typeof event.timestamp !== "string") {
@@ -64,14 +74,14 @@ function checkShape(event: unknown, bridged: (topic: string) => boolean): Shape 
 export async function publishEvents(
   events: unknown[],
   writer: Pick<BatchWriter, "deadLetter" | "ingest">,
-  bridged: (topic: string) => boolean,
+  topics: TopicChecks,
   clientId: string,
 ): Promise<{ results: EventResult[]; stored: { topic: string; payload: Buffer }[] }> {
   const receivedAtMs = Date.now();
   const stored: { topic: string; payload: Buffer }[] = [];
   const results = await Promise.all(
     events.map(async (event, index): Promise<EventResult> => {
-      const shape = checkShape(event, bridged);
+      const shape = checkShape(event, topics);
       const eventId = isObject(event) ? event.event_id : undefined;
       let outcome: WriteOutcome;
       if (!shape.ok) {

@@ -1,11 +1,14 @@
-import Fastify, { type FastifyError, LogController } from "fastify";
+import Fastify, { type FastifyError, type FastifyRequest, LogController } from "fastify";
 import type pg from "pg";
 import type { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
 import type { Metrics } from "../bridge/metrics.ts";
 import { deviceIdOf, parseTimestamp } from "../bridge/telemetry-message.ts";
+import { compileAcl } from "../broker/auth/acl.ts";
+import type { Authenticator } from "../broker/auth/authenticator.ts";
 import type { MqttServer } from "../broker/mqtt-server.ts";
 import { topicMatcher } from "../broker/topic-filter.ts";
+import { AccessError, identify, requireRole } from "./auth.ts";
 import { publishEvents } from "./publish.ts";
 
 const MAX_EVENTS_PER_REQUEST = 5000;
@@ -18,6 +21,10 @@ export interface HttpDependencies {
   pool: pg.Pool;
   mqtt: MqttServer;
   topics: readonly string[];
+  authenticator: Authenticator;
+  /** Requests without credentials are served (a loopback-only or deliberately open service). */
+  anonymous: boolean;
+  host: string;
   bodyLimit: number;
   /** Longest a request waits for its commit before it gets 503 (its events are still committed). */
   timeoutMs: number;
@@ -59,7 +66,10 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     bodyLimit: deps.bodyLimit,
   });
 
-  app.setErrorHandler((error: FastifyError | RequestError, _request, reply) => {
+  app.setErrorHandler((error: FastifyError | RequestError | AccessError, _request, reply) => {
+    if (error instanceof AccessError) {
+      return reply.code(error.statusCode).headers(error.headers).send({ error: error.message });
+    }
     if (error instanceof RequestError) {
       return reply
         .code(error.statusCode)
@@ -72,7 +82,10 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
       .send({ error: error.message, field: "body", reason: error.code ?? "error" });
   });
 
+  const caller = (request: FastifyRequest) => identify(request, deps.authenticator, deps.anonymous);
+
   app.post("/publish", async (request, reply) => {
+    const identity = await caller(request);
     const body = request.body;
     let events: unknown[];
     if (body !== null && typeof body === "object" && !Array.isArray(body) && "events" in body) {
@@ -90,6 +103,22 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     } else {
       throw new RequestError(422, "body", 'must be an event object or {"events": [...]}');
     }
+    let allowed: (topic: string) => boolean = () => true;
+    if (identity) {
+      const acl = compileAcl(identity, identity.id, deps.topics, bridged);
+      allowed = (topic) => acl.canPublish(topic);
+      const topicOf = (event: unknown) =>
+        event !== null && typeof event === "object"
+          ? (event as { topic?: unknown }).topic
+          : undefined;
+      if (
+        !events.some(
+          (event) => typeof topicOf(event) === "string" && allowed(topicOf(event) as string),
+        )
+      ) {
+        throw new AccessError(403, `${identity.id} may not publish on any of these topics`);
+      }
+    }
     if (writer.unavailable || writer.saturated) {
       reply.header("Retry-After", String(RETRY_AFTER_SECONDS));
       return reply.code(503).send({
@@ -99,7 +128,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     }
     let timer: NodeJS.Timeout | undefined;
     const published = await Promise.race([
-      publishEvents(events, writer, bridged, `http:${request.ip}`),
+      publishEvents(events, writer, { bridged, allowed }, identity?.id ?? `http:${request.ip}`),
       new Promise<undefined>((resolve) => {
         timer = setTimeout(() => resolve(undefined), deps.timeoutMs);
       }),
@@ -138,6 +167,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
   });
 
   app.get("/events", async (request) => {
+    requireRole(await caller(request), ["reader", "admin"]);
     const query = request.query as Record<string, string | undefined>;
     const limitRaw = query.limit ?? "10";
     const limit = Number(limitRaw);
@@ -170,7 +200,10 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     return { count: rows.length, events: rows };
   });
 
-  app.get("/stats", async () => metrics.stats());
+  app.get("/stats", async (request) => {
+    requireRole(await caller(request), ["reader", "admin"]);
+    return metrics.stats();
+  });
 
   app.get("/health", async (_request, reply) => {
     if (!mqtt.listening)
@@ -196,7 +229,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
   });
 
   try {
-    await app.listen({ port, host: "0.0.0.0" });
+    await app.listen({ port, host: deps.host });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "EADDRINUSE") {
       throw new Error(`HTTP port ${port} is already in use: set HTTP_PORT to a free port`);
