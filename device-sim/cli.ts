@@ -1,22 +1,31 @@
 import mqtt from "mqtt";
-import { FleetCounters } from "./device.ts";
-import { runFleet } from "./fleet.ts";
+import { deviceIdentity, FleetCounters } from "./device.ts";
+import { type FleetRun, runFleet } from "./fleet.ts";
 import { helpText, parseOptions, type SimOptions, UsageError } from "./options.ts";
 import { showProgress } from "./progress.ts";
+import { ConnectionRefused, refusalCode } from "./refusal.ts";
 import { formatSummary, summarize } from "./summary.ts";
 import { verifyRun } from "./verify.ts";
 
-/** One connection first, so an unreachable broker is one clear line rather than a fleet retrying forever. */
+/**
+ * One connection first, as the first device, so an unreachable broker or
+ * refused credentials are one clear line rather than a fleet retrying forever.
+ */
 async function probe(options: SimOptions): Promise<void> {
+  const { deviceId, login } = deviceIdentity(options, 0);
   try {
     const client = await mqtt.connectAsync(options.url, {
-      clientId: `sim-${options.runId}-probe`,
+      clientId: deviceId,
+      username: login?.username,
+      password: login?.password,
       reconnectPeriod: 0,
       connectTimeout: 10_000,
       protocolVersion: 4,
     });
     await client.endAsync();
   } catch (error) {
+    const code = refusalCode(error);
+    if (code !== undefined) throw new ConnectionRefused(deviceId, code, options);
     throw new UsageError(
       `cannot reach an MQTT broker at ${options.url}: ${(error as Error).message}`,
     );
@@ -44,7 +53,14 @@ async function main(): Promise<number> {
   }
   const counters = new FleetCounters();
   const stopProgress = showProgress(counters, options.devices);
-  const run = await runFleet(options, counters).finally(stopProgress);
+  let run: FleetRun;
+  try {
+    run = await runFleet(options, counters).finally(stopProgress);
+  } catch (error) {
+    if (!(error instanceof ConnectionRefused)) throw error;
+    console.error(error.message);
+    return 2;
+  }
   const summary = summarize(options, run);
   if (options.verifyUrl) summary.verification = await verifyRun(options.verifyUrl, options, run);
   console.log(options.json ? JSON.stringify(summary, null, 2) : formatSummary(summary));

@@ -1,7 +1,8 @@
 import mqtt from "mqtt";
 import { badPayload, pickBadKind } from "./faults.ts";
-import type { SimOptions } from "./options.ts";
+import type { Login, SimOptions } from "./options.ts";
 import { Random } from "./random.ts";
+import { ConnectionRefused, refusalCode, SERVER_UNAVAILABLE } from "./refusal.ts";
 import { Sensors } from "./sensors.ts";
 
 const HOUR_MS = 3_600_000;
@@ -25,18 +26,39 @@ export class FleetCounters {
 }
 
 /**
+ * Who device `index` is and how it logs in: the identity on its line of
+ * --credentials; with --username, that identity when it is the only device
+ * (a device identity may connect only as itself), otherwise a name of this
+ * run logging in as it; without either, a name of this run, anonymous.
+ */
+export function deviceIdentity(
+  options: SimOptions,
+  index: number,
+): { deviceId: string; login: Login | undefined } {
+  const own = options.credentials?.[index];
+  if (own) return { deviceId: own.username, login: own };
+  if (options.login && options.devices === 1) {
+    return { deviceId: options.login.username, login: options.login };
+  }
+  return { deviceId: `sim-${options.runId}-${index}`, login: options.login };
+}
+
+/**
  * One simulated device: its own MQTT connection (persistent session, so the
  * client resends what was not acknowledged when it reconnects), its own
  * sensors and clock, and the faults it was asked to inject.
  */
 export class SimDevice {
   readonly deviceId: string;
+  readonly topic: string;
+  /** Its event ids are this and a seq: the run id is in it, as an identity's device id outlives a run. */
+  readonly eventPrefix: string;
   /** Events the broker acknowledged (QoS 1) or that were written out (QoS 0). */
   readonly delivered = new Set<string>();
   private readonly random: Random;
   private readonly sensors: Sensors;
   private readonly clockOffsetMs: number;
-  private readonly topic: string;
+  private readonly login: Login | undefined;
   private client: mqtt.MqttClient | undefined;
   private seq = 0;
   private inflight = 0;
@@ -44,14 +66,16 @@ export class SimDevice {
   private owed = 0;
   private timer: NodeJS.Timeout | undefined;
   private drained: (() => void) | undefined;
+  private settle: ((refusal?: ConnectionRefused) => void) | undefined;
 
   constructor(
     index: number,
     private readonly options: SimOptions,
     private readonly counters: FleetCounters,
   ) {
-    this.deviceId = `sim-${options.runId}-${index}`;
+    ({ deviceId: this.deviceId, login: this.login } = deviceIdentity(options, index));
     this.topic = `${options.topicPrefix}/${this.deviceId}/env`;
+    this.eventPrefix = `${this.deviceId}-${options.runId}-`;
     this.random = new Random(options.seed + index * 7919);
     this.sensors = new Sensors(this.random);
     this.clockOffsetMs = this.random.between(-1, 1) * options.clockSkewS * 1000;
@@ -62,13 +86,21 @@ export class SimDevice {
     return this.seq;
   }
 
-  /** Connects and publishes until `count` messages or `durationS` seconds; resolves when all are acknowledged. */
+  /**
+   * Connects and publishes until `count` messages or `durationS` seconds;
+   * resolves when all are acknowledged, or on `abort()`. Rejects with
+   * ConnectionRefused when the broker refuses the CONNECT for good.
+   */
   run(): Promise<void> {
     const client = mqtt.connect(this.options.url, {
       clientId: this.deviceId,
+      username: this.login?.username,
+      password: this.login?.password,
       clean: false,
       protocolVersion: 4,
       reconnectPeriod: 1000,
+      // A busy broker's CONNACK 3 is retried like a lost connection; the other refusals end the run.
+      reconnectOnConnackError: true,
       connectTimeout: 30_000,
     });
     this.client = client;
@@ -84,11 +116,14 @@ export class SimDevice {
       if (connected) this.counters.connected--;
       connected = false;
     });
-    client.on("error", () => {
-      this.counters.errors++;
+    client.on("error", (error) => {
+      const code = refusalCode(error);
+      if (code === undefined || code === SERVER_UNAVAILABLE) this.counters.errors++;
+      else this.stop(new ConnectionRefused(this.deviceId, code, this.options));
     });
 
-    return new Promise<void>((resolve) => {
+    return new Promise<void>((resolve, reject) => {
+      this.settle = (refusal) => (refusal ? reject(refusal) : resolve());
       client.once("connect", () => {
         this.producing = true;
         const intervalMs = 1000 / this.options.rate;
@@ -112,10 +147,15 @@ export class SimDevice {
     }).then(() => client.endAsync());
   }
 
-  /** Stops publishing and disconnects without waiting for acknowledgements. */
+  /** Stops publishing and disconnects without waiting for acknowledgements; `run()` resolves. */
   abort(): void {
+    this.stop();
+  }
+
+  private stop(refusal?: ConnectionRefused): void {
     if (this.timer) clearTimeout(this.timer);
     this.client?.end(true);
+    this.settle?.(refusal);
   }
 
   private whenDrained(done: () => void): void {
@@ -125,7 +165,12 @@ export class SimDevice {
 
   private publishNext(): void {
     if (this.random.chance(this.options.badRate)) {
-      const payload = badPayload(pickBadKind(this.random), this.seq, this.now());
+      const payload = badPayload(
+        pickBadKind(this.random),
+        this.options.runId,
+        this.seq,
+        this.now(),
+      );
       this.counters.badSent++;
       this.publish(payload, () => {
         this.counters.badAcked++;
@@ -141,7 +186,7 @@ export class SimDevice {
 
   private publishEvent(): void {
     const seq = this.seq++;
-    const eventId = `${this.deviceId}-${seq}`;
+    const eventId = `${this.eventPrefix}${seq}`;
     let timeMs = this.now();
     if (this.random.chance(this.options.lateRate)) {
       timeMs -= this.random.between(1, 72) * HOUR_MS;

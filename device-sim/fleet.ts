@@ -8,7 +8,12 @@ export interface FleetRun {
   seconds: number;
 }
 
-/** Starts every device (spread over `rampS`), and resolves once each has finished and drained. */
+/**
+ * Starts every device (spread over `rampS`), and resolves once each has
+ * finished and drained. A device refused for good stops the fleet, and
+ * `runFleet` rejects with its ConnectionRefused: the broker would most
+ * likely refuse the others alike.
+ */
 export async function runFleet(
   options: SimOptions,
   counters = new FleetCounters(),
@@ -19,16 +24,19 @@ export async function runFleet(
   );
   const started = performance.now();
   const stepMs = (options.rampS * 1000) / options.devices;
+  let refused: unknown;
   const runs: Promise<void>[] = [];
   for (const device of devices) {
-    runs.push(device.run());
+    if (refused) break;
+    runs.push(
+      device.run().catch((error: unknown) => {
+        refused ??= error;
+        for (const other of devices) other.abort();
+      }),
+    );
     if (stepMs > 0) await sleep(stepMs);
   }
-  try {
-    await Promise.all(runs);
-  } catch (error) {
-    for (const device of devices) device.abort();
-    throw error;
-  }
+  await Promise.all(runs);
+  if (refused) throw refused;
   return { devices, counters, seconds: (performance.now() - started) / 1000 };
 }

@@ -1,3 +1,4 @@
+import fs from "node:fs";
 import { parseArgs } from "node:util";
 
 /** Every flag of the simulator: its default and what it does; `--help` prints this table. */
@@ -19,7 +20,11 @@ const FLAGS = {
     shown: "random",
     help: "seed for readings and faults, for a reproducible run",
   },
-  "run-id": { default: "", shown: "random", help: "tag in every device id and event_id" },
+  "run-id": {
+    default: "",
+    shown: "random",
+    help: "tag in every event_id, and in the device ids that are not identities",
+  },
   "topic-prefix": { default: "telemetry", help: "first topic level: <prefix>/<device_id>/env" },
   "clock-skew": { default: "0", help: "device clocks are off by up to ± this many seconds" },
   "dup-rate": {
@@ -32,6 +37,21 @@ const FLAGS = {
   },
   "bad-rate": { default: "0", help: "share of messages replaced by a malformed payload" },
   "late-rate": { default: "0", help: "share of events stamped hours or days in the past" },
+  credentials: {
+    default: "",
+    shown: "none",
+    help: "id:secret lines, as npm run devices -- add --count writes them: device n is the identity on line n; --devices defaults to one per line",
+  },
+  username: {
+    default: "",
+    shown: "none",
+    help: "every device logs in as this identity: one device is the identity itself; several are sim-<run-id>-<n> and need an admin identity (a device identity is bound to one connection)",
+  },
+  password: {
+    default: "",
+    shown: "none",
+    help: "the secret of --username (visible in ps: on a shared machine prefer --credentials)",
+  },
   verify: {
     default: "",
     shown: "off",
@@ -42,6 +62,12 @@ const FLAGS = {
 } as const;
 
 type Flag = keyof typeof FLAGS;
+
+/** An identity's id and secret: the MQTT user name and password. */
+export interface Login {
+  username: string;
+  password: string;
+}
 
 export interface SimOptions {
   url: string;
@@ -60,6 +86,10 @@ export interface SimOptions {
   reconnectRate: number;
   badRate: number;
   lateRate: number;
+  /** --credentials: device n logs in as the identity on line n, and is that identity. */
+  credentials: Login[] | undefined;
+  /** --username and --password: every device logs in as this identity. */
+  login: Login | undefined;
   verifyUrl: string | undefined;
   json: boolean;
 }
@@ -81,7 +111,8 @@ export function helpText(): string {
     "",
     ...lines,
     "",
-    "Example: npm run sim -- --devices 1000 --rate 2 --duration 30 --dup-rate 0.05 --verify env",
+    "Examples: npm run sim -- --devices 1000 --rate 2 --duration 30 --dup-rate 0.05 --verify env",
+    "          npm run sim -- --credentials secrets.txt --rate 2 --duration 30 --verify env",
   ].join("\n");
 }
 
@@ -103,6 +134,39 @@ function number(flag: Flag, raw: string, min: number, max: number, integer = fal
 
 function randomTag(): string {
   return Math.random().toString(36).slice(2, 8);
+}
+
+/**
+ * The file `npm run devices -- add --count` writes: one `id:secret` a line
+ * (blank lines skipped). An id becomes a topic level, so it cannot hold a
+ * wildcard or a `/`.
+ */
+function readCredentials(file: string): Login[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (error) {
+    throw new UsageError(`--credentials: cannot read ${file}: ${(error as Error).message}`);
+  }
+  const logins: Login[] = [];
+  const seen = new Set<string>();
+  for (const [n, raw] of text.split("\n").entries()) {
+    const line = raw.trim();
+    if (line === "") continue;
+    const cut = line.indexOf(":");
+    const username = line.slice(0, cut);
+    const password = line.slice(cut + 1);
+    if (cut < 1 || password === "" || /[/+#]/.test(username) || username.includes("\u0000")) {
+      throw new UsageError(`--credentials: line ${n + 1} of ${file} is not id:secret`);
+    }
+    if (seen.has(username)) {
+      throw new UsageError(`--credentials: ${username} is on two lines of ${file}`);
+    }
+    seen.add(username);
+    logins.push({ username, password });
+  }
+  if (logins.length === 0) throw new UsageError(`--credentials: ${file} holds no id:secret line`);
+  return logins;
 }
 
 /** Parses argv; returns undefined when help was asked for. */
@@ -149,9 +213,31 @@ export function parseOptions(
   if (verifyUrl && !/^postgres(ql)?:\/\//.test(verifyUrl)) {
     throw new UsageError(`--verify must be a postgres:// URL or "env" (got "${verifyUrl}")`);
   }
+  const credentialsFile = get("credentials");
+  const username = get("username");
+  const password = get("password");
+  if (credentialsFile && (username || password)) {
+    throw new UsageError("use --credentials or --username and --password, not both");
+  }
+  if (Boolean(username) !== Boolean(password)) {
+    throw new UsageError("--username and --password go together");
+  }
+  const credentials = credentialsFile ? readCredentials(credentialsFile) : undefined;
+  const devices = number(
+    "devices",
+    credentials && values.devices === undefined ? String(credentials.length) : get("devices"),
+    1,
+    100_000,
+    true,
+  );
+  if (credentials && credentials.length < devices) {
+    throw new UsageError(
+      `--credentials: ${credentialsFile} holds ${credentials.length} identities, and --devices ${devices} needs one each`,
+    );
+  }
   return {
     url,
-    devices: number("devices", get("devices"), 1, 100_000, true),
+    devices,
     rate: number("rate", get("rate"), 0.001, 10_000),
     durationS: number("duration", get("duration"), 0.1, 7 * 86_400),
     count: get("count") ? number("count", get("count"), 1, 100_000_000, true) : undefined,
@@ -168,6 +254,8 @@ export function parseOptions(
     reconnectRate: number("reconnect-rate", get("reconnect-rate"), 0, 1),
     badRate: number("bad-rate", get("bad-rate"), 0, 1),
     lateRate: number("late-rate", get("late-rate"), 0, 1),
+    credentials,
+    login: username ? { username, password } : undefined,
     verifyUrl,
     json: values.json === true,
   };

@@ -1,4 +1,5 @@
 import pg from "pg";
+import { runMarker } from "./faults.ts";
 import type { FleetRun } from "./fleet.ts";
 import type { SimOptions } from "./options.ts";
 
@@ -27,21 +28,36 @@ export async function verifyRun(
   options: SimOptions,
   run: FleetRun,
 ): Promise<Verification> {
-  const deviceIds = run.devices.map((device) => device.deviceId);
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {
-    const stored = await client.query<{ event_id: string; copies: number }>(
-      `SELECT event_id, count(*)::int AS copies FROM telemetry
-        WHERE device_id = ANY($1) GROUP BY event_id`,
-      [deviceIds],
+    // A device id that is an identity outlives the run: this run's rows are
+    // the ones whose event id is the device's prefix (with the run id) and a seq.
+    const stored = await client.query<{
+      event_id: string;
+      prefix: string;
+      seq: string;
+      copies: number;
+    }>(
+      `SELECT t.event_id, d.prefix, substr(t.event_id, length(d.prefix) + 1) AS seq,
+              count(*)::int AS copies
+         FROM telemetry t
+         JOIN unnest($1::text[], $2::text[]) AS d(device_id, prefix)
+           ON t.device_id = d.device_id AND starts_with(t.event_id, d.prefix)
+        WHERE substr(t.event_id, length(d.prefix) + 1) ~ '^[0-9]+$'
+        GROUP BY t.event_id, d.prefix`,
+      [
+        run.devices.map((device) => device.deviceId),
+        run.devices.map((device) => device.eventPrefix),
+      ],
     );
     const rejected = await client.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM telemetry_rejected WHERE client_id = ANY($1)",
-      [deviceIds],
+      `SELECT count(*)::int AS n FROM telemetry_rejected
+        WHERE topic = ANY($1) AND position($2::bytea IN payload) > 0`,
+      [run.devices.map((device) => device.topic), runMarker(options.runId)],
     );
     const expected = new Set(run.devices.flatMap((device) => [...device.delivered]));
-    const published = new Map(run.devices.map((device) => [device.deviceId, device.published]));
+    const published = new Map(run.devices.map((device) => [device.eventPrefix, device.published]));
     const found = new Map(stored.rows.map((row) => [row.event_id, row.copies]));
     const missing = [...expected].filter((id) => !found.has(id));
     const duplicated = stored.rows.filter((row) => row.copies > 1);
@@ -56,7 +72,9 @@ export async function verifyRun(
       problems.push(`stored twice: ${sample(duplicated.map((row) => row.event_id))}`);
     // Sent but never acknowledged (the run ended or the connection dropped first) may be stored or not;
     // a row for an event this run never sent may not.
-    const strangers = unexpected.filter((row) => !wasSent(row.event_id, published));
+    const strangers = unexpected.filter(
+      (row) => Number(row.seq) >= (published.get(row.prefix) ?? 0),
+    );
     if (strangers.length > 0)
       problems.push(`never sent: ${sample(strangers.map((row) => row.event_id))}`);
     if (rejectedCount < badExpected) {
@@ -78,10 +96,4 @@ export async function verifyRun(
   } finally {
     await client.end();
   }
-}
-
-/** Event ids are `<device_id>-<seq>`: sent when that device got that far. */
-function wasSent(eventId: string, published: Map<string, number>): boolean {
-  const cut = eventId.lastIndexOf("-");
-  return Number(eventId.slice(cut + 1)) < (published.get(eventId.slice(0, cut)) ?? 0);
 }

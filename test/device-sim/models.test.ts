@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { parseTelemetry } from "../../bridge/telemetry-message.ts";
-import { BAD_KINDS, badPayload } from "../../device-sim/faults.ts";
+import { BAD_KINDS, badPayload, runMarker } from "../../device-sim/faults.ts";
 import { Random } from "../../device-sim/random.ts";
 import { Sensors } from "../../device-sim/sensors.ts";
 
@@ -26,12 +26,15 @@ describe("the simulator's models", () => {
     expect(readings.at(-1)?.battery).toBeLessThan(readings[0]?.battery ?? 0);
   });
 
-  it("make each kind of bad payload fail validation", () => {
+  it("make each kind of bad payload fail validation, marked with its run", () => {
     for (const kind of BAD_KINDS) {
+      const payload = badPayload(kind, "r-1", 1, Date.now());
+      expect(payload.includes(runMarker("r-1")), kind).toBe(true);
+      expect(payload.includes(runMarker("r")), kind).toBe(false);
       const result = parseTelemetry(
         {
           topic: "telemetry/d/env",
-          payload: badPayload(kind, 1, Date.now()),
+          payload,
           clientId: "d",
           receivedAtMs: 0,
         },

@@ -1,5 +1,19 @@
-import { describe, expect, it } from "vitest";
-import { helpText, parseOptions, UsageError } from "../../device-sim/options.ts";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { deviceIdentity } from "../../device-sim/device.ts";
+import { helpText, parseOptions, type SimOptions, UsageError } from "../../device-sim/options.ts";
+
+const dir = await fs.mkdtemp(path.join(os.tmpdir(), "sim-options-"));
+afterAll(() => fs.rm(dir, { recursive: true, force: true }));
+let files = 0;
+
+async function credentialsFile(text: string): Promise<string> {
+  const file = path.join(dir, `fleet-${++files}.txt`);
+  await fs.writeFile(file, text, { mode: 0o600 });
+  return file;
+}
 
 describe("simulator flags", () => {
   it("have defaults", () => {
@@ -19,6 +33,8 @@ describe("simulator flags", () => {
       reconnectRate: 0,
       badRate: 0,
       lateRate: 0,
+      credentials: undefined,
+      login: undefined,
       verifyUrl: undefined,
       json: false,
     });
@@ -32,7 +48,7 @@ describe("simulator flags", () => {
         ...["--qos", "0", "--inflight", "3", "--ramp", "2", "--seed", "42", "--run-id", "r1"],
         ...["--topic-prefix", "plant", "--clock-skew", "60", "--dup-rate", "0.1"],
         ...["--reconnect-rate", "0.01", "--bad-rate", "0.02", "--late-rate", "0.03"],
-        ...["--verify", "env", "--json"],
+        ...["--username", "ops", "--password", "s3:cret", "--verify", "env", "--json"],
       ],
       { DATABASE_URL: "postgres://db/x" },
     );
@@ -53,6 +69,8 @@ describe("simulator flags", () => {
       reconnectRate: 0.01,
       badRate: 0.02,
       lateRate: 0.03,
+      credentials: undefined,
+      login: { username: "ops", password: "s3:cret" },
       verifyUrl: "postgres://db/x",
       json: true,
     });
@@ -68,6 +86,9 @@ describe("simulator flags", () => {
       [["--verify", "env"], /needs DATABASE_URL/],
       [["--topic-prefix", "a/#"], /^--topic-prefix/],
       [["--frobnicate"], /frobnicate/],
+      [["--username", "ops"], /--username and --password go together/],
+      [["--password", "x"], /--username and --password go together/],
+      [["--credentials", "/nonexistent/fleet.txt"], /cannot read \/nonexistent\/fleet.txt/],
     ];
     for (const [argv, message] of cases) {
       expect(() => parseOptions(argv, {})).toThrow(UsageError);
@@ -92,10 +113,64 @@ describe("simulator flags", () => {
         "run-id",
       ],
       ...["topic-prefix", "clock-skew", "dup-rate", "reconnect-rate", "bad-rate", "late-rate"],
-      ...["verify", "json", "help"],
+      ...["credentials", "username", "password", "verify", "json", "help"],
     ];
     for (const flag of flags) {
       expect(help).toMatch(new RegExp(`^  --${flag} .*\\(default: [^)]+\\)$`, "m"));
+    }
+  });
+
+  it("give each device its identity from --credentials, one a line", async () => {
+    const file = await credentialsFile("dev-1:aaa\r\ndev-2:bbb\n\ndev-3:ccc\n");
+    const options = parseOptions(["--credentials", file, "--run-id", "r1"], {}) as SimOptions;
+    expect(options.devices).toBe(3);
+    expect(options.credentials).toEqual([
+      { username: "dev-1", password: "aaa" },
+      { username: "dev-2", password: "bbb" },
+      { username: "dev-3", password: "ccc" },
+    ]);
+    expect(deviceIdentity(options, 2)).toEqual({
+      deviceId: "dev-3",
+      login: { username: "dev-3", password: "ccc" },
+    });
+    expect(parseOptions(["--credentials", file, "--devices", "2"], {})?.devices).toBe(2);
+  });
+
+  it("make one --username device that identity, and several devices names of the run", () => {
+    const login = ["--username", "ops", "--password", "x", "--run-id", "r1"];
+    const one = parseOptions([...login, "--devices", "1"], {}) as SimOptions;
+    expect(deviceIdentity(one, 0)).toEqual({
+      deviceId: "ops",
+      login: { username: "ops", password: "x" },
+    });
+    const many = parseOptions([...login, "--devices", "3"], {}) as SimOptions;
+    expect(deviceIdentity(many, 2)).toEqual({
+      deviceId: "sim-r1-2",
+      login: { username: "ops", password: "x" },
+    });
+    const anonymous = parseOptions(["--run-id", "r1"], {}) as SimOptions;
+    expect(deviceIdentity(anonymous, 0)).toEqual({ deviceId: "sim-r1-0", login: undefined });
+  });
+
+  it("refuse a credentials file that cannot serve the fleet", async () => {
+    const two = await credentialsFile("dev-1:aaa\ndev-2:bbb\n");
+    const cases: [string[], RegExp][] = [
+      [
+        ["--credentials", two, "--devices", "3"],
+        /holds 2 identities, and --devices 3 needs one each/,
+      ],
+      [["--credentials", two, "--username", "ops", "--password", "x"], /not both/],
+      [
+        ["--credentials", await credentialsFile("dev-1:aaa\njust-an-id\n")],
+        /line 2 of .* is not id:secret/,
+      ],
+      [["--credentials", await credentialsFile("dev/1:aaa\n")], /line 1 of .* is not id:secret/],
+      [["--credentials", await credentialsFile("dev-1:aaa\ndev-1:bbb\n")], /dev-1 is on two lines/],
+      [["--credentials", await credentialsFile("\n")], /holds no id:secret line/],
+    ];
+    for (const [argv, message] of cases) {
+      expect(() => parseOptions(argv, {})).toThrow(UsageError);
+      expect(() => parseOptions(argv, {})).toThrow(message);
     }
   });
 });
