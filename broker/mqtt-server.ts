@@ -1,14 +1,46 @@
+import fs from "node:fs";
+import http from "node:http";
+import https from "node:https";
 import net from "node:net";
-import { Aedes, type AedesOptions } from "aedes";
+import tls from "node:tls";
+import { Aedes, type AedesOptions, type Client } from "aedes";
+import { createWebSocketStream, WebSocketServer } from "ws";
 import type { Logger } from "../bridge/logger.ts";
+
+export interface MqttServerOptions {
+  /** Address every listener binds to. */
+  host: string;
+  /** MQTT over TCP; 0 picks a free port. */
+  port: number;
+  /** MQTT over TLS on its own port; also turns the WebSocket listener into WSS. */
+  tls?: TlsListenerOptions;
+  /** MQTT over WebSockets on path /mqtt; unset, no WebSocket listener. */
+  wsPort?: number;
+}
+
+export interface TlsListenerOptions {
+  port: number;
+  /** PEM certificate chain and key, re-read when the files change. */
+  certFile: string;
+  keyFile: string;
+  /** PEM CA that signs client certificates: one is asked for, never required. */
+  caFile?: string;
+}
 
 export interface MqttServer {
   broker: Aedes;
   port: number;
-  /** True while the listener accepts connections. */
+  tlsPort?: number;
+  wsPort?: number;
+  /** True while the TCP listener accepts connections. */
   readonly listening: boolean;
-  /** Stops accepting connections; connected clients stay. */
+  /** Stops accepting connections on every listener; connected clients stay. */
   stopAccepting(): void;
+  /**
+   * Re-reads the certificate, key and CA files for new connections; keeps
+   * the current ones when they are unusable. Nothing to do without TLS.
+   */
+  reloadCertificates(): void;
   /** Disconnects every client and closes the broker. */
   close(): Promise<void>;
 }
@@ -17,10 +49,21 @@ export class PortInUseError extends Error {
   override name = "PortInUseError";
 }
 
-/** aedes over TCP (MQTT 3.1 and 3.1.1) on `port`; 0 picks a free one. */
+const WEBSOCKET_PATH = "/mqtt";
+/** The subprotocols of MQTT 3.1.1 and 3.1, as mosquitto accepts them. */
+const WEBSOCKET_PROTOCOLS = ["mqtt", "mqttv3.1"];
+const CERTIFICATE_POLL_MS = 1000;
+
+/**
+ * aedes (MQTT 3.1 and 3.1.1) over TCP, and over TLS and WebSockets when
+ * asked; port 0 picks a free one.
+ */
 export async function startMqttServer(
-  port: number,
-  hooks: Pick<AedesOptions, "preConnect" | "authorizePublish" | "authorizeForward">,
+  options: MqttServerOptions,
+  hooks: Pick<
+    AedesOptions,
+    "preConnect" | "authenticate" | "authorizePublish" | "authorizeSubscribe" | "authorizeForward"
+  >,
   logger: Logger,
 ): Promise<MqttServer> {
   const broker = await Aedes.createBroker(hooks);
@@ -30,41 +73,209 @@ export async function startMqttServer(
   broker.on("connectionError", (_client, error) => {
     logger.debug({ error: error.message }, "connection refused");
   });
-  const server = net.createServer(broker.handle);
+
+  const listeners: net.Server[] = [];
+  const secureListeners: tls.Server[] = [];
+  const stopAccepting = () => {
+    for (const server of listeners) if (server.listening) server.close();
+  };
+  const start = (server: net.Server, port: number, variable: string) => {
+    listeners.push(server);
+    return listen(server, options.host, port, variable);
+  };
+
+  const tcp = net.createServer(broker.handle);
+  let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
+  try {
+    ports = { port: await start(tcp, options.port, "MQTT_PORT") };
+    if (options.tls) {
+      const server = tls.createServer(serverSecureOptions(options.tls), broker.handle);
+      secureListeners.push(server);
+      ports.tlsPort = await start(server, options.tls.port, "MQTTS_PORT");
+    }
+    if (options.wsPort !== undefined) {
+      const server = webSocketListener(broker, options.tls && serverSecureOptions(options.tls));
+      if (server instanceof tls.Server) secureListeners.push(server);
+      ports.wsPort = await start(server, options.wsPort, "MQTT_WS_PORT");
+    }
+  } catch (error) {
+    stopAccepting();
+    await new Promise<void>((resolve) => broker.close(() => resolve()));
+    throw error;
+  }
+  for (const server of listeners) {
+    server.on("error", (error) => logger.error({ err: error }, "MQTT listener failed"));
+  }
+  for (const server of secureListeners) {
+    server.on("tlsClientError", (error, socket) => {
+      logger.debug({ error: error.message, remote: socket.remoteAddress }, "TLS handshake failed");
+    });
+  }
+
+  const reloadCertificates = () => {
+    if (!options.tls) return;
+    const files = certificateFiles(options.tls);
+    let context: tls.SecureContextOptions;
+    try {
+      context = readCertificates(options.tls);
+      // Built once beforehand so that an unreadable file or a key that does
+      // not match its certificate leaves every listener as it was.
+      tls.createSecureContext(context);
+    } catch (error) {
+      logger.error(
+        { err: error, files },
+        "TLS certificates not reloaded: keeping the current ones",
+      );
+      return;
+    }
+    for (const server of secureListeners) server.setSecureContext(context);
+    logger.info({ files }, "TLS certificates reloaded");
+  };
+  const unwatch = options.tls
+    ? watchFiles(certificateFiles(options.tls), reloadCertificates)
+    : () => {};
+
+  return {
+    broker,
+    ...ports,
+    get listening() {
+      return tcp.listening;
+    },
+    stopAccepting,
+    reloadCertificates,
+    close: async () => {
+      unwatch();
+      stopAccepting();
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+    },
+  };
+}
+
+/**
+ * The CN of the certificate a client presented, when the connection is TLS
+ * (or WSS) and the certificate was signed by TLS_CA_FILE; undefined otherwise.
+ */
+export function peerCertificateId(client: Client): string | undefined {
+  const socket = socketOf(client);
+  if (!(socket instanceof tls.TLSSocket) || !socket.authorized) return undefined;
+  const cn = socket.getPeerCertificate().subject?.CN;
+  // A subject with several CNs names no single identity.
+  return typeof cn === "string" ? cn : undefined;
+}
+
+/** The client's peer address, over TCP, TLS or WebSockets. */
+export function remoteAddress(client: Client): string {
+  return socketOf(client)?.remoteAddress ?? "unknown";
+}
+
+/**
+ * The network socket under a client. Over WebSockets `client.conn` is a
+ * stream over the WebSocket, and the socket is the upgraded request's.
+ */
+function socketOf(client: Client): net.Socket | undefined {
+  if (client.req) return client.req.socket;
+  return client.conn instanceof net.Socket ? client.conn : undefined;
+}
+
+async function listen(
+  server: net.Server,
+  host: string,
+  port: number,
+  variable: string,
+): Promise<number> {
   try {
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(port, () => {
+      server.listen(port, host, () => {
         server.off("error", reject);
         resolve();
       });
     });
   } catch (error) {
-    await new Promise<void>((resolve) => broker.close(() => resolve()));
     if ((error as NodeJS.ErrnoException).code === "EADDRINUSE") {
       throw new PortInUseError(
-        `MQTT port ${port} is already in use (another MQTT broker running?): set MQTT_PORT to a free port`,
+        `port ${port} on ${host} is already in use (another MQTT broker running?): set ${variable} to a free port`,
       );
     }
     throw error;
   }
-  server.on("error", (error) => logger.error({ err: error }, "MQTT listener failed"));
-  const listening = (server.address() as net.AddressInfo).port;
+  return (server.address() as net.AddressInfo).port;
+}
 
-  const stopAccepting = () => {
-    if (server.listening) server.close();
-  };
+/** An HTTP (or HTTPS) server taking WebSocket upgrades on /mqtt and handing them to the broker. */
+function webSocketListener(
+  broker: Aedes,
+  secureOptions: tls.TlsOptions | undefined,
+): http.Server | https.Server {
+  const webSockets = new WebSocketServer({
+    noServer: true,
+    handleProtocols: (offered) =>
+      WEBSOCKET_PROTOCOLS.find((protocol) => offered.has(protocol)) ?? false,
+  });
+  const server = secureOptions ? https.createServer(secureOptions) : http.createServer();
+  server.on("request", (request: http.IncomingMessage, response: http.ServerResponse) => {
+    if (pathOf(request) === WEBSOCKET_PATH) {
+      response.writeHead(426, { upgrade: "websocket", connection: "Upgrade" }).end();
+    } else {
+      response.writeHead(404).end();
+    }
+  });
+  server.on("upgrade", (request: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+    if (pathOf(request) !== WEBSOCKET_PATH) {
+      socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+      return;
+    }
+    webSockets.handleUpgrade(request, socket, head, (webSocket) => {
+      // aedes keeps the request as `client.req`: its socket is the one that
+      // carries the peer's address and, over WSS, its certificate.
+      broker.handle(createWebSocketStream(webSocket), request);
+    });
+  });
+  return server;
+}
 
+function pathOf(request: http.IncomingMessage): string {
+  return new URL(request.url ?? "/", "http://localhost").pathname;
+}
+
+function certificateFiles(options: TlsListenerOptions): string[] {
+  return [options.certFile, options.keyFile, ...(options.caFile ? [options.caFile] : [])];
+}
+
+function readCertificates(options: TlsListenerOptions): tls.SecureContextOptions {
   return {
-    broker,
-    port: listening,
-    get listening() {
-      return server.listening;
-    },
-    stopAccepting,
-    close: async () => {
-      stopAccepting();
-      await new Promise<void>((resolve) => broker.close(() => resolve()));
-    },
+    cert: fs.readFileSync(options.certFile),
+    key: fs.readFileSync(options.keyFile),
+    ...(options.caFile ? { ca: fs.readFileSync(options.caFile) } : {}),
+  };
+}
+
+function serverSecureOptions(options: TlsListenerOptions): tls.TlsOptions {
+  return {
+    ...readCertificates(options),
+    // Asked for but not required: a client without a certificate, or with
+    // one that fails verification, can still log in with a password, and
+    // `peerCertificateId` counts only verified ones.
+    ...(options.caFile ? { requestCert: true, rejectUnauthorized: false } : {}),
+  };
+}
+
+/**
+ * Calls `changed` once the files have stopped changing. Polling follows a
+ * path, so it keeps seeing a file that an editor or certbot replaces, and a
+ * certificate and key written one after the other make a single reload.
+ */
+function watchFiles(files: string[], changed: () => void): () => void {
+  let settle: NodeJS.Timeout | undefined;
+  const onChange = () => {
+    clearTimeout(settle);
+    settle = setTimeout(changed, CERTIFICATE_POLL_MS).unref();
+  };
+  for (const file of files) {
+    fs.watchFile(file, { interval: CERTIFICATE_POLL_MS, persistent: false }, onChange);
+  }
+  return () => {
+    clearTimeout(settle);
+    for (const file of files) fs.unwatchFile(file, onChange);
   };
 }
