@@ -8,6 +8,7 @@ import { migrate } from "../bridge/migrate.ts";
 import { Partitions } from "../bridge/partitions.ts";
 import { type Access, createAccess } from "../broker/auth/access.ts";
 import { Authenticator } from "../broker/auth/authenticator.ts";
+import { IdentityDirectory } from "../broker/auth/identity-directory.ts";
 import { watchIdentities } from "../broker/auth/revocation.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
 import { type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
@@ -91,17 +92,19 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
 
     const anonymous = anonymousAllowed(config);
     const store = new IdentityStore(pool);
-    const authenticator = new Authenticator(store);
+    const directory = new IdentityDirectory(store);
+    const authenticator = new Authenticator(directory);
     const access = createAccess({
       authenticator,
       store,
+      directory,
       anonymous,
       topics: config.bridgeTopics,
       bridged: topicMatcher(config.bridgeTopics),
       logger,
     });
     cleanup.push(() => access.close());
-    const watcher = watchIdentities(database.url, { access, authenticator, store, logger });
+    const watcher = watchIdentities(database.url, { access, authenticator, directory, logger });
     cleanup.push(() => watcher.close());
     await watcher.ready;
 

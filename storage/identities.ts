@@ -20,6 +20,8 @@ export interface Identity {
   id: string;
   role: Role;
   secretHash: string;
+  /** The secret's public first characters, which find it for a Bearer token. */
+  secretLookup: string;
   enabled: boolean;
   rules: Rule[];
 }
@@ -55,11 +57,12 @@ interface IdentityRow {
   id: string;
   role: Role;
   secret_hash: string;
+  secret_lookup: string;
   enabled: boolean;
   rules: Rule[] | null;
 }
 
-const SELECT_IDENTITY = `SELECT i.id, i.role, i.secret_hash, i.enabled,
+const SELECT_IDENTITY = `SELECT i.id, i.role, i.secret_hash, i.secret_lookup, i.enabled,
     (SELECT json_agg(json_build_object('permission', r.permission, 'action', r.action, 'pattern', r.pattern) ORDER BY r.id)
        FROM identity_rules r WHERE r.identity_id = i.id) AS rules
   FROM identities i`;
@@ -69,6 +72,7 @@ function toIdentity(row: IdentityRow): Identity {
     id: row.id,
     role: row.role,
     secretHash: row.secret_hash,
+    secretLookup: row.secret_lookup,
     enabled: row.enabled,
     rules: row.rules ?? [],
   };
@@ -84,12 +88,9 @@ export class IdentityStore {
     return rows[0] && toIdentity(rows[0]);
   }
 
-  /** Identities whose secret starts like `secret`: the candidates for a Bearer token. */
-  async findBySecret(secret: string): Promise<Identity[]> {
-    const { rows } = await this.db.query<IdentityRow>(
-      `${SELECT_IDENTITY} WHERE i.secret_lookup = $1`,
-      [secretLookup(secret)],
-    );
+  /** Every identity with its rules. */
+  async all(): Promise<Identity[]> {
+    const { rows } = await this.db.query<IdentityRow>(SELECT_IDENTITY);
     return rows.map(toIdentity);
   }
 

@@ -4,6 +4,7 @@ import type { Identity, IdentityStore } from "../../storage/identities.ts";
 import { peerCertificateId, remoteAddress } from "../mqtt-server.ts";
 import { type Acl, compileAcl } from "./acl.ts";
 import type { Authenticator, AuthResult } from "./authenticator.ts";
+import type { IdentityDirectory } from "./identity-directory.ts";
 
 /** CONNACK return codes of MQTT 3.1.1 §3.2.2.3. */
 const CONNACK = {
@@ -25,7 +26,10 @@ const TOUCH_INTERVAL_MS = 10_000;
 
 export interface AccessOptions {
   authenticator: Authenticator;
-  store: Pick<IdentityStore, "find" | "touch">;
+  /** Records last_seen_at. */
+  store: Pick<IdentityStore, "touch">;
+  /** Anonymous clients may not take an identity's client id. */
+  directory: Pick<IdentityDirectory, "has">;
   /** Clients without credentials get everything (a loopback-only or deliberately open service). */
   anonymous: boolean;
   /** The bridged filters: readers subscribe within them, devices publish under their id there. */
@@ -96,7 +100,7 @@ export function createAccess(options: AccessOptions) {
       if (!options.anonymous) {
         throw fail("anonymous", refusal(CONNACK.notAuthorized, "credentials are required"));
       }
-      if (client.id.includes(":") || (await store.find(client.id))) {
+      if (client.id.includes(":") || options.directory.has(client.id)) {
         throw fail(
           "client_id",
           refusal(CONNACK.identifierRejected, "this client id belongs to an identity"),

@@ -1,12 +1,19 @@
 import { timingSafeEqual } from "node:crypto";
 import { availableParallelism } from "node:os";
-import type { Identity, IdentityStore } from "../../storage/identities.ts";
+import type { Identity } from "../../storage/identities.ts";
 import { fingerprint, verifySecret } from "./secrets.ts";
 import { Throttle } from "./throttle.ts";
 
 export type AuthResult =
   | { ok: true; identity: Identity }
   | { ok: false; reason: "bad_credentials" | "disabled" | "throttled" | "busy" };
+
+/** Where identities are looked up (the in-memory directory). */
+export interface IdentitySource {
+  find(id: string): Promise<Identity | undefined>;
+  /** The candidates for a secret given alone. */
+  findBySecret(secret: string): Promise<Identity[]>;
+}
 
 export interface AuthenticatorOptions {
   /** Failed attempts allowed per source address, and per id, in each window. */
@@ -28,10 +35,9 @@ export const AUTH_DEFAULTS: AuthenticatorOptions = {
 /**
  * Checks an id and secret against the identity store.
  *
- * The identity is read from PostgreSQL at every check, so a disabled,
- * rotated or removed identity is refused at once; only the scrypt is
- * skipped when the same secret was verified against the same stored hash
- * before. Failed attempts are counted per source address and per id: past
+ * The identity is looked up at every check, so a disabled, rotated or
+ * removed identity is refused at once; only the scrypt is skipped when the
+ * same secret was verified against the same stored hash before. Failed attempts are counted per source address and per id: past
  * the limit, further attempts that would need a hash are refused without
  * one until the window ends, so guessing costs the guesser, not the
  * service, and a device whose secret is cached still gets in. Hashes run
@@ -46,7 +52,7 @@ export class Authenticator {
   private readonly maxHashing = Math.max(1, availableParallelism());
 
   constructor(
-    private readonly store: Pick<IdentityStore, "find" | "findBySecret">,
+    private readonly store: IdentitySource,
     private readonly options: AuthenticatorOptions = AUTH_DEFAULTS,
   ) {
     this.byAddress = new Throttle(options.failuresPerWindow, options.windowMs);

@@ -1,33 +1,35 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import type { Logger } from "../../bridge/logger.ts";
-import { IDENTITY_CHANNEL, type IdentityStore } from "../../storage/identities.ts";
+import { IDENTITY_CHANNEL } from "../../storage/identities.ts";
 import type { Access } from "./access.ts";
 import type { Authenticator } from "./authenticator.ts";
+import type { IdentityDirectory } from "./identity-directory.ts";
 
 const RECONNECT_DELAY_MS = 1000;
 
 /**
- * Listens for changes to identities (a trigger NOTIFYs their id after
- * COMMIT, whoever made the change) and disconnects the changed identity's
- * connections in this process: they reconnect, if they still may, under
- * the new secret, role or rules. Every service process on the database
- * listens, so a revocation reaches all of them.
+ * Keeps the identity directory current and disconnects a changed
+ * identity's connections in this process: a trigger NOTIFYs the id after
+ * COMMIT, whoever made the change; the directory re-reads it, and the
+ * connections reconnect, if they still may, under the new secret, role or
+ * rules. Every service process on the database listens, so a revocation
+ * reaches all of them.
  *
  * Notifications sent while the listening connection is down are lost, so
- * after every (re)connect each connected identity is checked against the
- * database once.
+ * after every (re)connect the directory is loaded whole and each connected
+ * identity is checked against it.
  */
 export function watchIdentities(
   databaseUrl: string,
   deps: {
     access: Access;
     authenticator: Authenticator;
-    store: Pick<IdentityStore, "find">;
+    directory: IdentityDirectory;
     logger: Logger;
   },
 ): { ready: Promise<void>; close(): Promise<void> } {
-  const { access, authenticator, store, logger } = deps;
+  const { access, authenticator, directory, logger } = deps;
   let closed = false;
   let client: pg.Client | undefined;
   let signalReady: () => void = () => {};
@@ -36,16 +38,18 @@ export function watchIdentities(
   });
 
   function revoke(id: string, why: string): void {
+    directory.refresh(id).catch(() => {});
     authenticator.forget(id);
     const count = access.revoke(id);
     if (count > 0)
       logger.info({ identity: id, connections: count, why }, "identity changed: disconnected");
   }
 
-  async function recheck(): Promise<void> {
+  async function reload(): Promise<void> {
+    await directory.load();
     authenticator.forget();
     for (const [id, before] of access.connectedIdentities()) {
-      const now = await store.find(id);
+      const now = await directory.find(id);
       if (
         !now?.enabled ||
         now.role !== before.role ||
@@ -79,7 +83,7 @@ export function watchIdentities(
         await connection.connect();
         client = connection;
         await connection.query(`LISTEN ${IDENTITY_CHANNEL}`);
-        await recheck();
+        await reload();
         signalReady();
         await lost;
       } catch (error) {

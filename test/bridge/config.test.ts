@@ -1,4 +1,5 @@
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { CONFIG_VARIABLES, ConfigError, defaults, loadConfig } from "../../bridge/config.ts";
 
@@ -21,7 +22,16 @@ describe("loadConfig", () => {
   });
 
   it("reads every variable", () => {
+    const pem = fileURLToPath(import.meta.url);
     const config = loadConfig({
+      MQTT_HOST: "0.0.0.0",
+      MQTTS_PORT: "8884",
+      MQTT_WS_PORT: "9001",
+      TLS_CERT_FILE: pem,
+      TLS_KEY_FILE: pem,
+      TLS_CA_FILE: pem,
+      ALLOW_ANONYMOUS: "false",
+      HTTP_HOST: "::",
       MQTT_PORT: "1884",
       HTTP_PORT: "8081",
       HTTP_BODY_LIMIT_BYTES: "2048",
@@ -42,6 +52,14 @@ describe("loadConfig", () => {
       PARTITION_SCHEDULE: "0 * * * *",
     });
     expect(config).toEqual({
+      mqttHost: "0.0.0.0",
+      mqttsPort: 8884,
+      mqttWsPort: 9001,
+      tlsCertFile: pem,
+      tlsKeyFile: pem,
+      tlsCaFile: pem,
+      allowAnonymous: false,
+      httpHost: "::",
       mqttPort: 1884,
       httpPort: 8081,
       httpBodyLimitBytes: 2048,
@@ -77,6 +95,11 @@ describe("loadConfig", () => {
       [{ DATABASE_URL: "mysql://x" }, /^DATABASE_URL must start with postgres:\/\//],
       [{ DATABASE_URL: "localhost" }, /^DATABASE_URL must be a URL/],
       [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],
+      [{ ALLOW_ANONYMOUS: "yes" }, /^ALLOW_ANONYMOUS must be true or false/],
+      [{ MQTT_HOST: "0.0.0.0; rm" }, /^MQTT_HOST must be an address/],
+      [{ TLS_CERT_FILE: "/nonexistent.pem" }, /^TLS_CERT_FILE must name a readable PEM file/],
+      [{ TLS_CERT_FILE: fileURLToPath(import.meta.url) }, /^TLS_KEY_FILE must be set too/],
+      [{ TLS_CA_FILE: fileURLToPath(import.meta.url) }, /^TLS_CA_FILE needs TLS_CERT_FILE/],
       [{ PARTITION_SCHEDULE: "every hour" }, /^PARTITION_SCHEDULE must be a cron expression/],
       [
         { BATCH_MAX_ROWS: "500", QUEUE_MAX_ROWS: "100" },

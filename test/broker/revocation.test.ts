@@ -1,9 +1,8 @@
-import { once } from "node:events";
 import mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
-import { connectDevice } from "../helpers/device.ts";
+import { closed, connectDevice } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
 import { type ServiceProcess, spawnService, startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
@@ -35,7 +34,7 @@ function connectBoth(id: string, secret: string) {
 
 /** Milliseconds until every client is disconnected by the service. */
 async function timeToDisconnect(clients: mqtt.MqttClient[], change: () => Promise<unknown>) {
-  const gone = Promise.all(clients.map((client) => once(client, "close")));
+  const gone = Promise.all(clients.map(closed));
   const started = performance.now();
   await change();
   await gone;

@@ -1,4 +1,3 @@
-import { once } from "node:events";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
@@ -51,6 +50,11 @@ async function refusedWith(port: number, options: mqtt.IClientOptions): Promise<
     );
   expect(error, "the connection was accepted").toBeDefined();
   return error?.code as number;
+}
+
+/** Client ids as aedes registered them. */
+function connectedIds(): string[] {
+  return Object.keys((service.mqtt.broker as unknown as { clients: object }).clients);
 }
 
 /** The SUBACK's return codes: mqtt.js turns a refused filter into an error, which hides the rest. */
@@ -149,11 +153,11 @@ describe("authentication", () => {
     const reader = await login("reader-1", { clientId: "dev-a" });
     await sleep(200);
     expect(victim.connected).toBe(true);
-    expect(Object.keys(service.mqtt.broker.clients)).toContain("reader-1:dev-a");
+    expect(connectedIds()).toContain("reader-1:dev-a");
     // An empty client id becomes the device's id.
     await victim.endAsync();
     const bare = await login("dev-a", { clientId: "" });
-    expect(Object.keys(service.mqtt.broker.clients)).toContain("dev-a");
+    expect(connectedIds()).toContain("dev-a");
     await Promise.all([reader.endAsync(), bare.endAsync()]);
   });
 
@@ -407,7 +411,7 @@ describe("closed by default", () => {
 describe("the broker's own guard", () => {
   it("still disconnects an admin publishing to $SYS/", async () => {
     const admin = await login("admin-1", { clientId: "sys" });
-    const gone = once(admin, "close");
+    const gone = closed(admin);
     admin.publish("$SYS/broker/fake", "x", { qos: 1 });
     await gone;
     admin.end(true);
