@@ -1,13 +1,16 @@
 import { ConfigError, loadConfig } from "../bridge/config.ts";
-import { openDatabase, redactUrl } from "../bridge/database.ts";
+import { attachDatabase, redactUrl } from "../bridge/database.ts";
 import { createLogger } from "../bridge/logger.ts";
 import { migrate } from "../bridge/migrate.ts";
 
-/** `npm run migrate`: applies pending migrations to DATABASE_URL (or the embedded server) and exits. */
+/**
+ * `npm run migrate`: applies pending migrations to DATABASE_URL, or to the
+ * embedded server (the running one, else started for the migration), and exits.
+ */
 async function main(): Promise<void> {
   const config = loadConfig();
   const logger = createLogger(config.logLevel);
-  const database = await openDatabase(config, logger);
+  const database = await attachDatabase(config, logger);
   try {
     const applied = await migrate(database.url);
     logger.info(

@@ -12,11 +12,17 @@ export interface TestServer extends Database {
   destroy(): Promise<void>;
 }
 
-/** A throwaway embedded PostgreSQL in a temporary directory, on a free port. */
-export async function startTestServer(): Promise<TestServer> {
+/** An empty temporary directory an embedded PostgreSQL can keep its data in. */
+export async function createDataDir(): Promise<string> {
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-pg-"));
   // mkdtemp makes 0700; as root, the server's `postgres` user must get in.
   await fs.chmod(dataDir, 0o755);
+  return dataDir;
+}
+
+/** A throwaway embedded PostgreSQL in a temporary directory, on a free port. */
+export async function startTestServer(): Promise<TestServer> {
+  const dataDir = await createDataDir();
   const port = await freePort();
   const database = await startEmbedded({ dataDir, port, logger: pino({ level: "silent" }) });
   return {
