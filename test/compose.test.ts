@@ -1,8 +1,10 @@
 import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import YAML from "yaml";
+import { anonymousAllowed } from "../bin/service.ts";
 import { CONFIG_VARIABLES, loadConfig } from "../bridge/config.ts";
 import { parseOptions } from "../device-sim/options.ts";
 
@@ -20,6 +22,31 @@ const compose = YAML.parse(await fs.readFile("docker-compose.yml", "utf8")) as {
   services: Record<string, Service>;
 };
 const services = compose.services;
+
+/**
+ * The simulator's flags, with its credentials file (made inside the stack)
+ * stood in for by a file of as many identities as the stack creates.
+ */
+async function simOptions() {
+  const script = services["sim-identities"]?.command?.at(-1) ?? "";
+  const match = /npx tsx (\S+) add --count (\d+) --prefix (\S+) --secrets-file (\S+)$/.exec(script);
+  expect(match, script).not.toBeNull();
+  const [, entry, count, prefix, file] = match as RegExpExecArray;
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-compose-"));
+  const standIn = path.join(dir, "sim.txt");
+  await fs.writeFile(
+    standIn,
+    Array.from({ length: Number(count) }, (_, n) => `${prefix}${n + 1}:secret\n`).join(""),
+  );
+  const args = (services.sim?.command ?? []).slice(3);
+  expect(args).toContain(file);
+  const options = parseOptions(
+    args.map((arg) => (arg === file ? standIn : arg)),
+    {},
+  );
+  await fs.rm(dir, { recursive: true });
+  return { options, entry: entry as string, file: file as string };
+}
 
 describe("docker-compose.yml", () => {
   it("mounts files and builds from folders that exist", () => {
@@ -80,14 +107,28 @@ describe("docker-compose.yml", () => {
     );
   });
 
-  it("runs the simulator with flags it accepts, against the bridge", () => {
+  it("runs the simulator with flags it accepts, against the bridge", async () => {
     const command = services.sim?.command ?? [];
     expect(command.slice(0, 3)).toEqual(["npx", "tsx", "device-sim/cli.ts"]);
     expect(existsSync(command[2] as string)).toBe(true);
-    const options = parseOptions(command.slice(3), {});
+    const { options } = await simOptions();
     expect(options?.url).toBe(
       `mqtt://bridge:${loadConfig(services.bridge?.environment ?? {}).mqttPort}`,
     );
+  });
+
+  it("gives the simulator credentials, since the bridge listens beyond loopback", async () => {
+    const bridge = loadConfig(services.bridge?.environment ?? {});
+    expect(anonymousAllowed(bridge)).toBe(false);
+    const provision = services["sim-identities"];
+    const { options, entry, file } = await simOptions();
+    expect(existsSync(entry)).toBe(true);
+    expect(provision?.environment?.DATABASE_URL).toBe(bridge.databaseUrl);
+    // Every simulated device has an identity of its own.
+    expect(options?.credentials?.length).toBeGreaterThanOrEqual(options?.devices ?? Infinity);
+    const volume = file.split("/").slice(0, -1).join("/");
+    expect(provision?.volumes).toContain(`simsecrets:${volume}`);
+    expect(services.sim?.volumes).toContain(`simsecrets:${volume}:ro`);
   });
 
   it("starts the service with the command `npm start` runs", async () => {
