@@ -140,6 +140,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     cleanup.push(() => mqtt.close());
     const metrics = new Metrics({
       writer,
+      access,
       partitions,
       connectedClients: () => mqtt.broker.connectedClients,
     });

@@ -38,9 +38,20 @@ async function main(): Promise<void> {
   };
   process.on("SIGINT", shutdown);
   process.on("SIGTERM", shutdown);
+  // As for Mosquitto, SIGHUP re-reads the TLS certificates (their files are also watched).
+  process.on("SIGHUP", () => service?.mqtt.reloadCertificates());
 
   service = await startService(config, logger);
-  const mqttUrl = `mqtt://localhost:${service.mqttPort}`;
+  const host = (bound: string) =>
+    bound === "127.0.0.1" || bound === "localhost" ? "localhost" : bound;
+  const mqttUrl = `mqtt://${host(config.mqttHost)}:${service.mqttPort}`;
+  const listeners = [
+    service.mqtt.tlsPort !== undefined &&
+      `  MQTTS      mqtts://${host(config.mqttHost)}:${service.mqtt.tlsPort}${config.tlsCaFile ? "   (client certificates accepted)" : ""}`,
+    service.mqtt.wsPort !== undefined &&
+      `  WebSocket  ${config.tlsCertFile ? "wss" : "ws"}://${host(config.mqttHost)}:${service.mqtt.wsPort}/mqtt`,
+  ].filter((line): line is string => typeof line === "string");
+  const httpUrl = `http://${host(config.httpHost)}:${service.httpPort}`;
   const openOnPurpose = service.anonymous && config.allowAnonymous === true;
   const access = !service.anonymous
     ? "credentials required (npm run devices -- add <id>); anonymous clients are refused"
@@ -54,7 +65,9 @@ async function main(): Promise<void> {
   logger.info(
     {
       mqtt: mqttUrl,
-      http: `http://localhost:${service.httpPort}`,
+      mqtts: service.mqtt.tlsPort,
+      ws: service.mqtt.wsPort,
+      http: httpUrl,
       topics: config.bridgeTopics,
       database: redactUrl(databaseUrl),
       embedded: service.database.embedded,
@@ -64,18 +77,19 @@ async function main(): Promise<void> {
   );
   if (process.stdout.isTTY) {
     const example = `{"event_id":"e-1","ts":"${new Date().toISOString()}","temperature":21.5}`;
+    const login = service.anonymous ? "" : " -u <id> -P <secret>";
     console.log(
       [
         "",
         "telemetry-bridge is running",
         `  MQTT       ${mqttUrl}   (stored: ${config.bridgeTopics.join(", ")})`,
-        `  HTTP       http://localhost:${service.httpPort}   (/publish /events /stats /health /metrics)`,
+        ...listeners,
+        `  HTTP       ${httpUrl}   (/publish /events /stats /health /metrics)`,
         `  PostgreSQL ${databaseUrl}${service.database.embedded ? `   (embedded, data in ${config.dataDir})` : ""}`,
         `  Access     ${access}`,
         "",
-        "  Publish    mosquitto_pub -p " +
-          `${service.mqttPort} -q 1 -t telemetry/dev-1/env -m '${example}'`,
-        `  Watch      mosquitto_sub -p ${service.mqttPort} -t 'telemetry/#' -v`,
+        `  Publish    mosquitto_pub -p ${service.mqttPort}${login} -q 1 -t telemetry/dev-1/env -m '${example}'`,
+        `  Watch      mosquitto_sub -p ${service.mqttPort}${login} -t 'telemetry/#' -v`,
         `  Query      psql '${databaseUrl}' -c 'SELECT * FROM telemetry ORDER BY time DESC LIMIT 10'`,
         "  Grafana    add a PostgreSQL data source with the URL above",
         "",

@@ -1,4 +1,5 @@
 import client from "prom-client";
+import type { Access } from "../broker/auth/access.ts";
 import type { BatchReport, BatchWriter } from "./batch-writer.ts";
 import type { Partitions } from "./partitions.ts";
 import { percentile } from "./percentile.ts";
@@ -8,6 +9,7 @@ const LATENCY_SAMPLES = 1000;
 
 export interface MetricsSources {
   writer: BatchWriter;
+  access: Pick<Access, "counters">;
   partitions: Partitions;
   connectedClients(): number;
 }
@@ -68,19 +70,44 @@ export class Metrics {
         }
       },
     });
-    const rejectedSeen = new Map<string, number>();
-    new client.Counter({
-      name: "telemetry_bridge_rejected_total",
-      help: "Messages dead-lettered to telemetry_rejected, by reason.",
-      labelNames: ["reason"],
-      registers,
-      collect() {
-        for (const [reason, now = 0] of Object.entries(writer.counters.rejected)) {
-          this.inc({ reason }, now - (rejectedSeen.get(reason) ?? 0));
-          rejectedSeen.set(reason, now);
-        }
-      },
-    });
+    /** A counter per label value, read from a record of running totals. */
+    const countedBy = (
+      name: string,
+      help: string,
+      label: string,
+      read: () => Partial<Record<string, number>>,
+    ) => {
+      const seenBy = new Map<string, number>();
+      new client.Counter({
+        name,
+        help,
+        labelNames: [label],
+        registers,
+        collect() {
+          for (const [value, now = 0] of Object.entries(read())) {
+            this.inc({ [label]: value }, now - (seenBy.get(value) ?? 0));
+            seenBy.set(value, now);
+          }
+        },
+      });
+    };
+    countedBy(
+      "telemetry_bridge_rejected_total",
+      "Messages dead-lettered to telemetry_rejected, by reason.",
+      "reason",
+      () => writer.counters.rejected,
+    );
+    countedBy(
+      "telemetry_bridge_auth_failures_total",
+      "MQTT connections refused at CONNECT, by reason.",
+      "reason",
+      () => sources.access.counters.authFailures,
+    );
+    counted(
+      "telemetry_bridge_subscriptions_denied_total",
+      "Subscriptions refused by the ACL (SUBACK 0x80).",
+      () => sources.access.counters.subscriptionsDenied,
+    );
 
     const batchSize = new client.Histogram({
       name: "telemetry_bridge_batch_size",

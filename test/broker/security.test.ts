@@ -106,6 +106,11 @@ describe("authentication", () => {
       await refusedWith(service.mqttPort, { clientId: "ghost", username: "ghost", password: "x" }),
     ).toBe(4);
     expect(await refusedWith(service.mqttPort, { clientId: "dev-a", username: "dev-a" })).toBe(4);
+    const metrics = await (await fetch(`http://127.0.0.1:${service.httpPort}/metrics`)).text();
+    expect(metrics).toMatch(/^telemetry_bridge_auth_failures_total\{reason="anonymous"\} 1$/m);
+    expect(metrics).toMatch(
+      /^telemetry_bridge_auth_failures_total\{reason="bad_credentials"\} 3$/m,
+    );
     const device = await login("dev-a");
     expect(device.connected).toBe(true);
     await device.endAsync();
@@ -235,6 +240,8 @@ describe("authorization", () => {
       ),
     ).toEqual([1, 1, 128, 128, 128]);
     expect(await granted("admin-1", ["#", "commands/dev-a/#", "$SYS/#"], "a")).toEqual([1, 1, 1]);
+    const metrics = await (await fetch(`http://127.0.0.1:${service.httpPort}/metrics`)).text();
+    expect(metrics).toMatch(/^telemetry_bridge_subscriptions_denied_total 6$/m);
   });
 
   it("lets a reader publish nothing, and an admin publish for any device", async () => {
