@@ -4,6 +4,8 @@
  *
  * - ceiling: our service with no topic bridged (aedes acknowledges at once);
  * - ours: the service as `npm start` runs it, acknowledging after commit;
+ * - ours+auth: the same with ALLOW_ANONYMOUS=false, each device an identity
+ *   logging in with its secret, and each publish checked against its ACL;
  * - naive: the same broker, one INSERT … ON CONFLICT per message before the ack;
  * - mosquitto: the machine's Mosquitto on 127.0.0.1:1883, acknowledging at once.
  */
@@ -12,12 +14,13 @@ import mqtt from "mqtt";
 import pg from "pg";
 import { migrate } from "../bridge/migrate.ts";
 import { percentile } from "../bridge/percentile.ts";
+import { IdentityStore } from "../storage/identities.ts";
 import { createDatabase, dropDatabase } from "../test/helpers/databases.ts";
 import { Stream } from "../test/helpers/device.ts";
 import { freePort } from "../test/helpers/free-port.ts";
 import { type ServiceProcess, spawnService } from "../test/helpers/service.ts";
 
-export const SCENARIOS = ["ceiling", "ours", "naive", "mosquitto"] as const;
+export const SCENARIOS = ["ceiling", "ours", "ours+auth", "naive", "mosquitto"] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 
 export interface Shape {
@@ -51,7 +54,7 @@ export interface ScenarioResult {
 
 const CLOCK_TICKS_PER_SECOND = 100;
 
-async function cpuSeconds(pid: number): Promise<number> {
+export async function cpuSeconds(pid: number): Promise<number> {
   const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
@@ -62,31 +65,46 @@ async function memoryMiB(pid: number, field: "VmHWM" | "VmRSS"): Promise<number>
   return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
 }
 
-interface Broker {
+export interface Broker {
   url: string;
   process: ServiceProcess | undefined;
   databaseUrl: string | undefined;
+  /** Each device's secret, where devices must log in (ours+auth). */
+  secrets: Map<string, string> | undefined;
   stop(): Promise<void>;
 }
 
-async function startBroker(serverUrl: string, scenario: Scenario): Promise<Broker> {
+/** Starts a scenario's broker; for ours+auth, `deviceIds` become device identities first. */
+export async function startBroker(
+  serverUrl: string,
+  scenario: Scenario,
+  deviceIds: readonly string[],
+): Promise<Broker> {
   if (scenario === "mosquitto") {
     return {
       url: "mqtt://127.0.0.1:1883",
       process: undefined,
       databaseUrl: undefined,
+      secrets: undefined,
       stop: async () => {},
     };
   }
-  const database = await createDatabase(serverUrl, `telemetry_${scenario}`);
+  const database = await createDatabase(serverUrl, `telemetry_${scenario.replace("+", "_")}`);
   const port = await freePort();
   const env: Record<string, string> = {
     DATABASE_URL: database.url,
     MQTT_PORT: String(port),
     LOG_LEVEL: "info",
   };
+  let secrets: Map<string, string> | undefined;
   if (scenario === "ceiling") env.BRIDGE_TOPICS = "nothing-is-bridged/#";
-  if (scenario === "naive") await migrate(database.url);
+  if (scenario === "naive" || scenario === "ours+auth") await migrate(database.url);
+  if (scenario === "ours+auth") {
+    env.ALLOW_ANONYMOUS = "false";
+    const client = new pg.Client({ connectionString: database.url });
+    await client.connect();
+    secrets = await new IdentityStore(client).add(deviceIds, "device").finally(() => client.end());
+  }
   const child = await spawnService(
     env,
     scenario === "naive" ? "bench/naive-service.ts" : "bin/start.ts",
@@ -95,12 +113,29 @@ async function startBroker(serverUrl: string, scenario: Scenario): Promise<Broke
     url: `mqtt://127.0.0.1:${port}`,
     process: child,
     databaseUrl: scenario === "ceiling" ? undefined : database.url,
+    secrets,
     stop: async () => {
       child.child.kill("SIGTERM");
       await child.exited;
       await dropDatabase(serverUrl, database.name);
     },
   };
+}
+
+/** One generator device; it logs in as its identity where the broker has identities. */
+export function connectDevice(
+  broker: Broker,
+  id: string,
+  options: mqtt.IClientOptions = {},
+): Promise<mqtt.MqttClient> {
+  return mqtt.connectAsync(broker.url, {
+    clientId: id,
+    username: broker.secrets ? id : undefined,
+    password: broker.secrets?.get(id),
+    protocolVersion: 4,
+    reconnectPeriod: 0,
+    ...options,
+  });
 }
 
 /** Whether the broker at 127.0.0.1:1883 answers MQTT. */
@@ -125,26 +160,19 @@ export async function benchScenario(
   messages: number,
   onSample?: (rssMiB: number, elapsedS: number) => void,
 ): Promise<ScenarioResult> {
-  const broker = await startBroker(serverUrl, scenario);
+  const tag = Math.random().toString(36).slice(2, 7);
+  const ids = Array.from({ length: shape.devices }, (_, d) => `bench-${tag}-${d}`);
+  const broker = await startBroker(serverUrl, scenario, ids);
   const pid = broker.process?.child.pid;
   try {
-    const tag = Math.random().toString(36).slice(2, 7);
-    const devices = await Promise.all(
-      Array.from({ length: shape.devices }, (_, d) =>
-        mqtt.connectAsync(broker.url, {
-          clientId: `bench-${tag}-${d}`,
-          protocolVersion: 4,
-          reconnectPeriod: 0,
-        }),
-      ),
-    );
+    const devices = await Promise.all(ids.map((id) => connectDevice(broker, id)));
     const perDevice = Math.ceil(messages / shape.devices);
     const intervalMs = shape.ratePerDevice ? 1000 / shape.ratePerDevice : 0;
     const streams = devices.map(
       (device, d) =>
         new Stream(
           device,
-          `bench-${tag}-${d}`,
+          ids[d] as string,
           perDevice,
           shape.inflight,
           intervalMs,
