@@ -1,8 +1,8 @@
-import mqtt from "mqtt";
+import type mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
-import { closed, connectDevice } from "../helpers/device.ts";
+import { closed, connackRefusal, connectDevice } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
 import { type ServiceProcess, spawnService, startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
@@ -41,22 +41,12 @@ async function timeToDisconnect(clients: mqtt.MqttClient[], change: () => Promis
   return performance.now() - started;
 }
 
-async function refusal(port: number, id: string, secret: string): Promise<number | undefined> {
-  return mqtt
-    .connectAsync(`mqtt://127.0.0.1:${port}`, {
-      clientId: id,
-      username: id,
-      password: secret,
-      protocolVersion: 4,
-      reconnectPeriod: 0,
-    })
-    .then(
-      async (client) => {
-        await client.endAsync();
-        return undefined;
-      },
-      (error: { code?: number }) => error.code,
-    );
+function refusal(port: number, id: string, secret: string): Promise<number | undefined> {
+  return connackRefusal(`mqtt://127.0.0.1:${port}`, {
+    clientId: id,
+    username: id,
+    password: secret,
+  });
 }
 
 beforeAll(async () => {

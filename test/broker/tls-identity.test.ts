@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
 import { IdentityStore } from "../../storage/identities.ts";
 import { createCertificateAuthority, issueCertificate } from "../helpers/certificates.ts";
-import { reading } from "../helpers/device.ts";
+import { connackRefusal, reading } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
 import { startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
@@ -131,17 +131,10 @@ describe("identities over TLS", () => {
       { device_id: "dev-pw", event_id: "dev-pw-1" },
       { device_id: "dev-pw", event_id: "dev-pw-2" },
     ]);
-    const anonymous = await mqtt
-      .connectAsync(`wss://127.0.0.1:${service.mqtt.wsPort}/mqtt`, {
-        ca: await fs.readFile(ca.certFile),
-        clientId: "anon",
-        protocolVersion: 4,
-        reconnectPeriod: 0,
-      })
-      .then(
-        () => undefined,
-        (error: { code?: number }) => error.code,
-      );
+    const anonymous = await connackRefusal(`wss://127.0.0.1:${service.mqtt.wsPort}/mqtt`, {
+      ca: await fs.readFile(ca.certFile),
+      clientId: "anon",
+    });
     expect(anonymous).toBe(5);
   });
 });

@@ -15,6 +15,25 @@ export function connectDevice(
   });
 }
 
+/**
+ * Connects once: the CONNACK code of a refusal, or undefined when the
+ * connection was accepted (it is closed again at once).
+ */
+export function connackRefusal(
+  url: string,
+  options: mqtt.IClientOptions,
+): Promise<number | undefined> {
+  return mqtt
+    .connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, ...options })
+    .then(
+      async (client) => {
+        await client.endAsync();
+        return undefined;
+      },
+      (error: { code?: number }) => error.code,
+    );
+}
+
 /** Publishes with QoS 1 and resolves on its PUBACK. */
 export async function publishAcked(
   device: Device,
