@@ -67,6 +67,9 @@ export class SimDevice {
   private timer: NodeJS.Timeout | undefined;
   private drained: (() => void) | undefined;
   private settle: ((refusal?: ConnectionRefused) => void) | undefined;
+  private stopped = false;
+  /** Publishes mqtt.js gave up on while disconnected, sent again once connected. */
+  private readonly unsent: (() => void)[] = [];
 
   constructor(
     index: number,
@@ -111,6 +114,7 @@ export class SimDevice {
       if (connectedOnce) this.counters.reconnects++;
       connected = true;
       connectedOnce = true;
+      for (const send of this.unsent.splice(0)) send();
     });
     client.on("close", () => {
       if (connected) this.counters.connected--;
@@ -153,6 +157,7 @@ export class SimDevice {
   }
 
   private stop(refusal?: ConnectionRefused): void {
+    this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.client?.end(true);
     this.settle?.(refusal);
@@ -214,14 +219,32 @@ export class SimDevice {
   }
 
   private publish(payload: Buffer, onAcked: () => void): void {
-    const client = this.client;
-    if (!client) return;
-    const qos = this.options.qos;
-    const sentAt = performance.now();
+    if (!this.client) return;
     this.counters.sent++;
     this.inflight++;
     this.counters.inflight++;
+    this.send(this.client, payload, onAcked, performance.now());
+  }
+
+  private send(
+    client: mqtt.MqttClient,
+    payload: Buffer,
+    onAcked: () => void,
+    sentAt: number,
+  ): void {
+    const qos = this.options.qos;
     client.publish(this.topic, payload, { qos }, (error) => {
+      if (error && qos === 1 && !this.stopped) {
+        // mqtt.js fails the publishes it queued while resending its session
+        // when the connection drops again meanwhile (and, until it reconnects,
+        // any new one): send them again once connected, as a device that
+        // keeps its readings until they are acknowledged does.
+        this.counters.errors++;
+        const again = () => this.send(client, payload, onAcked, sentAt);
+        if (client.connected) again();
+        else this.unsent.push(again);
+        return;
+      }
       this.inflight--;
       this.counters.inflight--;
       if (error) {
