@@ -41,7 +41,8 @@ export const AUTH_DEFAULTS: AuthenticatorOptions = {
  * the limit, further attempts that would need a hash are refused without
  * one until the window ends, so guessing costs the guesser, not the
  * service, and a device whose secret is cached still gets in. Hashes run
- * at most one per core at a time; the rest wait in a bounded queue.
+ * on all cores but one (at least one), so that a storm of logins leaves a
+ * core to the devices already connected; the rest wait in a bounded queue.
  */
 export class Authenticator {
   private readonly verified = new Map<string, { hash: string; fingerprint: Buffer }>();
@@ -49,7 +50,7 @@ export class Authenticator {
   private readonly byId: Throttle;
   private readonly queue: (() => void)[] = [];
   private hashing = 0;
-  private readonly maxHashing = Math.max(1, availableParallelism());
+  private readonly maxHashing = Math.max(1, availableParallelism() - 1);
 
   constructor(
     private readonly store: IdentitySource,

@@ -10,7 +10,7 @@ export const LOOKUP_CHARS = 8;
 const SECRET_BYTES = 32;
 
 /**
- * scrypt N=2^12, r=8, p=1: 4 MiB and about 6 ms a hash here. The secrets
+ * scrypt N=2^12, r=8, p=1: 4 MiB and about 9 ms of one core a hash here. The secrets
  * are random, not chosen by people, so no cost factor is what keeps them
  * from being guessed; the cost is there so a leaked table is useless
  * without work, and it is kept low because every cold connection pays it
