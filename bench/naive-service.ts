@@ -6,7 +6,9 @@
  */
 import pg from "pg";
 import { pino } from "pino";
+import { mqttLimits } from "../bin/service.ts";
 import type { WriteOutcome } from "../bridge/batch-writer.ts";
+import { loadConfig } from "../bridge/config.ts";
 import { dayOf, Partitions } from "../bridge/partitions.ts";
 import { parseTelemetry, type RawMessage } from "../bridge/telemetry-message.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
@@ -48,7 +50,11 @@ const hooks = createIngestHooks({
   logger,
 });
 const mqtt = await startMqttServer(
-  { host: "127.0.0.1", port: Number(process.env.MQTT_PORT ?? 1883) },
+  {
+    host: "127.0.0.1",
+    port: Number(process.env.MQTT_PORT ?? 1883),
+    limits: mqttLimits(loadConfig({})),
+  },
   hooks,
   logger,
 );

@@ -11,7 +11,7 @@ import { Authenticator } from "../broker/auth/authenticator.ts";
 import { IdentityDirectory } from "../broker/auth/identity-directory.ts";
 import { watchIdentities } from "../broker/auth/revocation.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
-import { type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
+import { type MqttLimits, type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
 import { topicMatcher } from "../broker/topic-filter.ts";
 import { type HttpServer, startHttpServer } from "../http/server.ts";
 import { IdentityStore } from "../storage/identities.ts";
@@ -39,6 +39,18 @@ function isLoopback(host: string): boolean {
  * As Mosquitto 2 does: without ALLOW_ANONYMOUS, clients without credentials
  * are accepted only while nothing listens beyond loopback.
  */
+/** The limits every MQTT listener applies, from the configuration. */
+export function mqttLimits(config: Config): MqttLimits {
+  return {
+    maxPacketBytes: config.mqttMaxPacketBytes,
+    connectTimeoutMs: config.mqttConnectTimeoutMs,
+    maxConnections: config.mqttMaxConnections,
+    maxPerAddress: config.mqttMaxConnectionsPerAddress,
+    ratePerAddress: config.mqttConnectRatePerAddress,
+    maxKeepaliveS: config.mqttMaxKeepaliveS,
+  };
+}
+
 export function anonymousAllowed(
   config: Pick<Config, "allowAnonymous" | "mqttHost" | "httpHost">,
 ): boolean {
@@ -129,6 +141,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
               }
             : undefined,
         wsPort: config.mqttWsPort,
+        limits: mqttLimits(config),
       },
       {
         ...hooks,
@@ -141,6 +154,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     const metrics = new Metrics({
       writer,
       access,
+      mqtt,
       partitions,
       connectedClients: () => mqtt.broker.connectedClients,
     });

@@ -27,6 +27,18 @@ export interface Config {
    * unset accepts them only while every listener is bound to loopback.
    */
   allowAnonymous: boolean | undefined;
+  /** Largest MQTT packet read; a larger one closes its connection before it is buffered. */
+  mqttMaxPacketBytes: number;
+  /** Time from a connection's opening to its CONNECT, after which it is closed. */
+  mqttConnectTimeoutMs: number;
+  /** MQTT connections held at once, over every listener. */
+  mqttMaxConnections: number;
+  /** MQTT connections held at once from one source address. */
+  mqttMaxConnectionsPerAddress: number;
+  /** New MQTT connections accepted from one source address per second (a burst of this many × 10). */
+  mqttConnectRatePerAddress: number;
+  /** Longest keepalive a client may ask for, in seconds; 0 (none) counts as longer. */
+  mqttMaxKeepaliveS: number;
   /** Address the HTTP API binds to. */
   httpHost: string;
   /** Port of the HTTP API (/publish, /events, /stats, /health, /metrics). */
@@ -79,6 +91,12 @@ export const defaults = {
   tlsKeyFile: undefined,
   tlsCaFile: undefined,
   allowAnonymous: undefined,
+  mqttMaxPacketBytes: 256 * 1024,
+  mqttConnectTimeoutMs: 5000,
+  mqttMaxConnections: 20_000,
+  mqttMaxConnectionsPerAddress: 5000,
+  mqttConnectRatePerAddress: 500,
+  mqttMaxKeepaliveS: 3600,
   httpHost: "127.0.0.1",
   httpPort: 8080,
   httpBodyLimitBytes: 1024 * 1024,
@@ -109,6 +127,12 @@ export const CONFIG_VARIABLES = [
   "TLS_KEY_FILE",
   "TLS_CA_FILE",
   "ALLOW_ANONYMOUS",
+  "MQTT_MAX_PACKET_BYTES",
+  "MQTT_CONNECT_TIMEOUT_MS",
+  "MQTT_MAX_CONNECTIONS",
+  "MQTT_MAX_CONNECTIONS_PER_ADDRESS",
+  "MQTT_CONNECT_RATE_PER_ADDRESS",
+  "MQTT_MAX_KEEPALIVE_S",
   "HTTP_HOST",
   "HTTP_PORT",
   "HTTP_BODY_LIMIT_BYTES",
@@ -267,6 +291,42 @@ export function loadConfig(env: Env = process.env): Config {
     mqttWsPort: optionalInteger(env, "MQTT_WS_PORT", 0, 65535),
     ...tlsFiles(env),
     allowAnonymous: allowAnonymous(env),
+    mqttMaxPacketBytes: integer(
+      env,
+      "MQTT_MAX_PACKET_BYTES",
+      defaults.mqttMaxPacketBytes,
+      1024,
+      268_435_460,
+    ),
+    mqttConnectTimeoutMs: integer(
+      env,
+      "MQTT_CONNECT_TIMEOUT_MS",
+      defaults.mqttConnectTimeoutMs,
+      100,
+      600_000,
+    ),
+    mqttMaxConnections: integer(
+      env,
+      "MQTT_MAX_CONNECTIONS",
+      defaults.mqttMaxConnections,
+      1,
+      10_000_000,
+    ),
+    mqttMaxConnectionsPerAddress: integer(
+      env,
+      "MQTT_MAX_CONNECTIONS_PER_ADDRESS",
+      defaults.mqttMaxConnectionsPerAddress,
+      1,
+      10_000_000,
+    ),
+    mqttConnectRatePerAddress: integer(
+      env,
+      "MQTT_CONNECT_RATE_PER_ADDRESS",
+      defaults.mqttConnectRatePerAddress,
+      1,
+      1_000_000,
+    ),
+    mqttMaxKeepaliveS: integer(env, "MQTT_MAX_KEEPALIVE_S", defaults.mqttMaxKeepaliveS, 1, 65535),
     httpHost: host(env, "HTTP_HOST", defaults.httpHost),
     httpPort: integer(env, "HTTP_PORT", defaults.httpPort, 0, 65535),
     httpBodyLimitBytes: integer(

@@ -1,5 +1,6 @@
 import client from "prom-client";
 import type { Access } from "../broker/auth/access.ts";
+import type { MqttServer } from "../broker/mqtt-server.ts";
 import type { BatchReport, BatchWriter } from "./batch-writer.ts";
 import type { Partitions } from "./partitions.ts";
 import { percentile } from "./percentile.ts";
@@ -10,6 +11,7 @@ const LATENCY_SAMPLES = 1000;
 export interface MetricsSources {
   writer: BatchWriter;
   access: Pick<Access, "counters">;
+  mqtt: Pick<MqttServer, "gate" | "oversizedPackets">;
   partitions: Partitions;
   connectedClients(): number;
 }
@@ -102,6 +104,17 @@ export class Metrics {
       "MQTT connections refused at CONNECT, by reason.",
       "reason",
       () => sources.access.counters.authFailures,
+    );
+    countedBy(
+      "telemetry_bridge_connections_refused_total",
+      "MQTT connections closed at the door, by the limit they were over.",
+      "reason",
+      () => sources.mqtt.gate.refused,
+    );
+    counted(
+      "telemetry_bridge_oversized_packets_total",
+      "MQTT connections closed for a packet over MQTT_MAX_PACKET_BYTES.",
+      () => sources.mqtt.oversizedPackets,
     );
     counted(
       "telemetry_bridge_subscriptions_denied_total",

@@ -2,10 +2,13 @@ import fs from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import net from "node:net";
+import { Duplex, pipeline } from "node:stream";
 import tls from "node:tls";
 import { Aedes, type AedesOptions, type Client } from "aedes";
 import { createWebSocketStream, WebSocketServer } from "ws";
 import type { Logger } from "../bridge/logger.ts";
+import { ConnectionGate, type ConnectionLimits } from "./connection-gate.ts";
+import { PacketGuard } from "./packet-guard.ts";
 
 export interface MqttServerOptions {
   /** Address every listener binds to. */
@@ -16,6 +19,21 @@ export interface MqttServerOptions {
   tls?: TlsListenerOptions;
   /** MQTT over WebSockets on path /mqtt; unset, no WebSocket listener. */
   wsPort?: number;
+  /** What every listener allows a connection. */
+  limits: MqttLimits;
+}
+
+export interface MqttLimits extends ConnectionLimits {
+  /** Largest packet read; a larger one closes its connection before it is buffered. */
+  maxPacketBytes: number;
+  /** Time from a connection's opening to its CONNECT. */
+  connectTimeoutMs: number;
+  /**
+   * Longest keepalive a CONNECT may ask for, in seconds; 0 (none) counts as
+   * longer. aedes drops a client silent for 1.5 × its keepalive, so this
+   * bounds how long a dead connection is held.
+   */
+  maxKeepaliveS: number;
 }
 
 export interface TlsListenerOptions {
@@ -34,6 +52,10 @@ export interface MqttServer {
   wsPort?: number;
   /** True while the TCP listener accepts connections. */
   readonly listening: boolean;
+  /** Connections held and refused at the door, for metrics. */
+  gate: ConnectionGate;
+  /** Connections closed for a packet over the size limit. */
+  readonly oversizedPackets: number;
   /** Stops accepting connections on every listener; connected clients stay. */
   stopAccepting(): void;
   /**
@@ -66,7 +88,60 @@ export async function startMqttServer(
   >,
   logger: Logger,
 ): Promise<MqttServer> {
-  const broker = await Aedes.createBroker(hooks);
+  const { maxKeepaliveS } = options.limits;
+  const broker = await Aedes.createBroker({
+    ...hooks,
+    connectTimeout: options.limits.connectTimeoutMs,
+    preConnect(client, packet, callback) {
+      const keepalive = packet.keepalive ?? 0;
+      if (keepalive === 0 || keepalive > maxKeepaliveS) {
+        logger.warn(
+          { clientId: packet.clientId, keepalive, limit: maxKeepaliveS },
+          "keepalive over MQTT_MAX_KEEPALIVE_S: connection closed",
+        );
+        callback(new Error(`keepalive ${keepalive} s is not 1 to ${maxKeepaliveS} s`), false);
+        return;
+      }
+      if (hooks.preConnect) hooks.preConnect(client, packet, callback);
+      else callback(null, true);
+    },
+  });
+  const gate = new ConnectionGate(options.limits);
+  let oversizedPackets = 0;
+
+  /**
+   * Every listener's connections come through here: refused at the door
+   * past a limit, otherwise handed to aedes behind a packet-size guard.
+   * `socket` carries the peer's address (and certificate); `stream` is what
+   * MQTT is read from (the socket itself, or a stream over a WebSocket).
+   */
+  const admit = (socket: net.Socket, stream: Duplex, request?: http.IncomingMessage) => {
+    const address = socket.remoteAddress ?? "unknown";
+    const refusal = gate.admit(address);
+    if (refusal) {
+      logger.warn(
+        { address, refusal, connections: gate.connections },
+        "connection refused: over a limit",
+      );
+      stream.destroy();
+      return;
+    }
+    socket.once("close", () => gate.release(address));
+    const guard = new PacketGuard(options.limits.maxPacketBytes, (packet) => {
+      oversizedPackets++;
+      logger.warn(
+        { clientId: client.id, address, ...packet, limit: options.limits.maxPacketBytes },
+        "packet over MQTT_MAX_PACKET_BYTES: connection closed",
+      );
+    });
+    pipeline(stream, guard, () => stream.destroy());
+    // aedes reads MQTT from the guard and writes to the stream; it finds the
+    // peer's socket in `req`, as it does for WebSockets.
+    const client = broker.handle(
+      Duplex.from({ readable: guard, writable: stream }),
+      request ?? ({ socket } as http.IncomingMessage),
+    );
+  };
   broker.on("clientError", (client, error) => {
     logger.debug({ clientId: client.id, error: error.message }, "client disconnected on error");
   });
@@ -84,17 +159,23 @@ export async function startMqttServer(
     return listen(server, options.host, port, variable);
   };
 
-  const tcp = net.createServer(broker.handle);
+  const tcp = net.createServer((socket) => admit(socket, socket));
   let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
   try {
     ports = { port: await start(tcp, options.port, "MQTT_PORT") };
     if (options.tls) {
-      const server = tls.createServer(serverSecureOptions(options.tls), broker.handle);
+      const server = tls.createServer(serverSecureOptions(options.tls), (socket) =>
+        admit(socket, socket),
+      );
       secureListeners.push(server);
       ports.tlsPort = await start(server, options.tls.port, "MQTTS_PORT");
     }
     if (options.wsPort !== undefined) {
-      const server = webSocketListener(broker, options.tls && serverSecureOptions(options.tls));
+      const server = webSocketListener(
+        admit,
+        options.limits.maxPacketBytes,
+        options.tls && serverSecureOptions(options.tls),
+      );
       if (server instanceof tls.Server) secureListeners.push(server);
       ports.wsPort = await start(server, options.wsPort, "MQTT_WS_PORT");
     }
@@ -141,6 +222,10 @@ export async function startMqttServer(
     get listening() {
       return tcp.listening;
     },
+    gate,
+    get oversizedPackets() {
+      return oversizedPackets;
+    },
     stopAccepting,
     reloadCertificates,
     close: async () => {
@@ -169,12 +254,11 @@ export function remoteAddress(client: Client): string {
 }
 
 /**
- * The network socket under a client. Over WebSockets `client.conn` is a
- * stream over the WebSocket, and the socket is the upgraded request's.
+ * The network socket under a client: `admit` hands aedes a stream (behind
+ * the packet guard, over a WebSocket) and the socket in `req`.
  */
 function socketOf(client: Client): net.Socket | undefined {
-  if (client.req) return client.req.socket;
-  return client.conn instanceof net.Socket ? client.conn : undefined;
+  return client.req?.socket;
 }
 
 async function listen(
@@ -202,13 +286,16 @@ async function listen(
   return (server.address() as net.AddressInfo).port;
 }
 
-/** An HTTP (or HTTPS) server taking WebSocket upgrades on /mqtt and handing them to the broker. */
+/** An HTTP (or HTTPS) server taking WebSocket upgrades on /mqtt and handing them to `admit`. */
 function webSocketListener(
-  broker: Aedes,
+  admit: (socket: net.Socket, stream: Duplex, request: http.IncomingMessage) => void,
+  maxPacketBytes: number,
   secureOptions: tls.TlsOptions | undefined,
 ): http.Server | https.Server {
   const webSockets = new WebSocketServer({
     noServer: true,
+    // A frame larger than the largest packet cannot be one an MQTT client sends.
+    maxPayload: maxPacketBytes,
     handleProtocols: (offered) =>
       WEBSOCKET_PROTOCOLS.find((protocol) => offered.has(protocol)) ?? false,
   });
@@ -228,7 +315,7 @@ function webSocketListener(
     webSockets.handleUpgrade(request, socket, head, (webSocket) => {
       // aedes keeps the request as `client.req`: its socket is the one that
       // carries the peer's address and, over WSS, its certificate.
-      broker.handle(createWebSocketStream(webSocket), request);
+      admit(socket, createWebSocketStream(webSocket), request);
     });
   });
   return server;

@@ -26,12 +26,14 @@ export function badPayload(kind: BadKind, runId: string, seq: number, timeMs: nu
     case "wrong_types":
       return Buffer.from(JSON.stringify({ event_id: seq, run: runId, ts: timeMs }));
     case "oversized":
+      // Over the service's payload limit (64 KiB), which dead-letters it, and
+      // under its packet limit (256 KiB), which would close the connection.
       return Buffer.from(
         JSON.stringify({
           event_id: `big-${seq}`,
           run: runId,
           ts: timeMs,
-          blob: "x".repeat(256 * 1024),
+          blob: "x".repeat(96 * 1024),
         }),
       );
   }

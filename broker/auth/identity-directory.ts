@@ -7,8 +7,8 @@ import { secretLookup } from "./secrets.ts";
  * whenever a change to it is announced. Authentication reads it without a
  * query, so devices keep reconnecting while PostgreSQL is down (they are
  * not acknowledged until it returns, but they are not locked out), and a
- * reconnect storm costs no round trips. A lookup of an identity whose
- * change is being re-read waits for it.
+ * reconnect storm of known identities costs no round trips. A lookup of an
+ * identity whose change is being re-read waits for it.
  */
 export class IdentityDirectory {
   private byId = new Map<string, Identity>();
@@ -48,8 +48,13 @@ export class IdentityDirectory {
     return next;
   }
 
+  /**
+   * An id not held is read from the database: it may have been added a
+   * moment ago, before its announcement arrived. While PostgreSQL is down
+   * it is unknown.
+   */
   async find(id: string): Promise<Identity | undefined> {
-    await this.pending.get(id);
+    await (this.pending.get(id) ?? (this.byId.has(id) ? undefined : this.refresh(id)));
     return this.byId.get(id);
   }
 

@@ -8,7 +8,8 @@ import mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import type { Service } from "../../bin/service.ts";
+import { mqttLimits, type Service } from "../../bin/service.ts";
+import { loadConfig } from "../../bridge/config.ts";
 import {
   type MqttServer,
   PortInUseError,
@@ -298,6 +299,7 @@ describe("who a client is, as the authenticate hook sees it", () => {
         host: "127.0.0.1",
         port: 0,
         tls: { port: 0, certFile: server.certFile, keyFile: server.keyFile, caFile: ca.certFile },
+        limits: mqttLimits(loadConfig({})),
         wsPort: 0,
       },
       {

@@ -62,6 +62,7 @@ describe("identities over TLS", () => {
       ...["--cert", readerCert.certFile, "--key", readerCert.keyFile, "-i", "tap"],
       ...["-t", "telemetry/#", "-C", "1", "-v"],
     ]);
+    const tapClosed = once(tap, "close");
     let out = "";
     tap.stdout.on("data", (chunk) => {
       out += chunk;
@@ -72,7 +73,7 @@ describe("identities over TLS", () => {
       ...["-t", "telemetry/dev-tls/env", "-m", reading("dev-tls", 1)],
     ]);
     expect(result.code, result.stderr).toBe(0);
-    const [code] = await once(tap, "close");
+    const [code] = await tapClosed;
     expect(code).toBe(0);
     expect(out).toMatch(/^telemetry\/dev-tls\/env \{"event_id":"dev-tls-1"/);
     const { rows } = await pool.query(
