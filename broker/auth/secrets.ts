@@ -21,8 +21,12 @@ const PARAMS = { N: 2 ** 12, r: 8, p: 1 };
 const KEY_BYTES = 32;
 const SALT_BYTES = 16;
 
+/** A new secret; never one that starts with "-", which command lines would take for an option. */
 export function generateSecret(): string {
-  return randomBytes(SECRET_BYTES).toString("base64url");
+  for (;;) {
+    const secret = randomBytes(SECRET_BYTES).toString("base64url");
+    if (!secret.startsWith("-")) return secret;
+  }
 }
 
 export function secretLookup(secret: string): string {
