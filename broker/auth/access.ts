@@ -227,10 +227,6 @@ export function createAccess(options: AccessOptions) {
       }
       return ++session.denials > DENIALS_PER_MINUTE;
     },
-    /** The identity a client authenticated as; undefined when anonymous. */
-    identityOf(client: Client): Identity | undefined {
-      return sessions.get(client)?.identity;
-    },
     /** Disconnects the open connections of an identity, without publishing their wills. */
     revoke(id: string): number {
       const clients = connected.get(id);

@@ -17,10 +17,6 @@ export class IdentityDirectory {
 
   constructor(private readonly store: Pick<IdentityStore, "all" | "find">) {}
 
-  get size(): number {
-    return this.byId.size;
-  }
-
   /** Replaces everything with what the database holds now. */
   async load(): Promise<void> {
     const identities = await this.store.all();
