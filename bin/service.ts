@@ -35,10 +35,6 @@ function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
-/**
- * As Mosquitto 2 does: without ALLOW_ANONYMOUS, clients without credentials
- * are accepted only while nothing listens beyond loopback.
- */
 /** The limits every MQTT listener applies, from the configuration. */
 export function mqttLimits(config: Config): MqttLimits {
   return {
@@ -51,6 +47,10 @@ export function mqttLimits(config: Config): MqttLimits {
   };
 }
 
+/**
+ * As Mosquitto 2 does: without ALLOW_ANONYMOUS, clients without credentials
+ * are accepted only while nothing listens beyond loopback.
+ */
 export function anonymousAllowed(
   config: Pick<Config, "allowAnonymous" | "mqttHost" | "httpHost">,
 ): boolean {

@@ -165,6 +165,15 @@ export function createIngestHooks(options: IngestHookOptions) {
     }
   }
 
+  /** The receipt of a client's message, queued so that its callback keeps the client's order. */
+  function waitInOrder(client: Client, payload: Buffer, callback: Callback): Entry {
+    const state = track(client);
+    const entry = new Entry(client, state, payload, callback);
+    state.queue.push(entry);
+    arm(client, state);
+    return entry;
+  }
+
   function preConnect(
     client: Client,
     packet: ConnectPacket,
@@ -212,11 +221,7 @@ export function createIngestHooks(options: IngestHookOptions) {
       });
       return;
     }
-    const state = track(client);
-    const entry = new Entry(client, state, payload, callback);
-    state.queue.push(entry);
-    arm(client, state);
-    options.ingest.submit(message, entry);
+    options.ingest.submit(message, waitInOrder(client, payload, callback));
   }
 
   /**
@@ -236,10 +241,6 @@ export function createIngestHooks(options: IngestHookOptions) {
     }
     packet.retain = false;
     unforwarded.add(payload);
-    const state = track(client);
-    const entry = new Entry(client, state, payload, callback);
-    state.queue.push(entry);
-    arm(client, state);
     options.ingest.submitLetter(
       {
         topic: packet.topic,
@@ -249,7 +250,7 @@ export function createIngestHooks(options: IngestHookOptions) {
         detail: "the ACL does not allow this client to publish on this topic",
         receivedAtMs: Date.now(),
       },
-      entry,
+      waitInOrder(client, payload, callback),
     );
   }
 

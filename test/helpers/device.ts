@@ -1,4 +1,6 @@
+import net from "node:net";
 import mqtt from "mqtt";
+import mqttPacket from "mqtt-packet";
 
 export type Device = mqtt.MqttClient;
 
@@ -109,4 +111,49 @@ export class Stream {
       setTimeout(next, this.offsetMs);
     });
   }
+}
+
+export interface RawConnectOptions {
+  port: number;
+  /** The address the connection comes from: any 127.x.y.z stands for another machine. */
+  localAddress: string;
+  clientId: string;
+  keepalive?: number;
+  username?: string;
+  password?: string;
+}
+
+/**
+ * A CONNECT over a plain socket, from `localAddress` (which mqtt.js cannot
+ * set): the CONNACK's return code, or undefined when the connection was
+ * closed without one. The socket is left open.
+ */
+export async function rawConnect(
+  options: RawConnectOptions,
+): Promise<{ code: number | undefined; socket: net.Socket }> {
+  const socket = net.connect({
+    port: options.port,
+    host: "127.0.0.1",
+    localAddress: options.localAddress,
+  });
+  socket.on("error", () => {});
+  const parser = mqttPacket.parser({ protocolVersion: 4 });
+  const code = new Promise<number | undefined>((resolve) => {
+    parser.on("packet", (packet) => resolve((packet as mqttPacket.IConnackPacket).returnCode));
+    socket.on("data", (data) => parser.parse(data));
+    socket.once("close", () => resolve(undefined));
+  });
+  socket.write(
+    mqttPacket.generate({
+      cmd: "connect",
+      protocolId: "MQTT",
+      protocolVersion: 4,
+      clean: true,
+      clientId: options.clientId,
+      keepalive: options.keepalive ?? 30,
+      username: options.username,
+      password: options.password === undefined ? undefined : Buffer.from(options.password),
+    }),
+  );
+  return { code: await code, socket };
 }
