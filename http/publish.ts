@@ -26,7 +26,7 @@ const FIELD: Partial<Record<RejectReason, string>> = {
   not_authorized: "topic",
 };
 
-function isObject(value: unknown): value is Record<string, unknown> {
+export function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 

@@ -9,7 +9,7 @@ import type { Authenticator } from "../broker/auth/authenticator.ts";
 import type { MqttServer } from "../broker/mqtt-server.ts";
 import { topicMatcher } from "../broker/topic-filter.ts";
 import { AccessError, identify, requireRole } from "./auth.ts";
-import { publishEvents } from "./publish.ts";
+import { isObject, publishEvents } from "./publish.ts";
 
 const MAX_EVENTS_PER_REQUEST = 5000;
 const MAX_EVENTS_LIMIT = 1000;
@@ -107,15 +107,9 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     if (identity) {
       const acl = compileAcl(identity, identity.id, deps.topics, bridged);
       allowed = (topic) => acl.canPublish(topic);
-      const topicOf = (event: unknown) =>
-        event !== null && typeof event === "object"
-          ? (event as { topic?: unknown }).topic
-          : undefined;
-      if (
-        !events.some(
-          (event) => typeof topicOf(event) === "string" && allowed(topicOf(event) as string),
-        )
-      ) {
+      const allowedEvent = (event: unknown) =>
+        isObject(event) && typeof event.topic === "string" && allowed(event.topic);
+      if (!events.some(allowedEvent)) {
         throw new AccessError(403, `${identity.id} may not publish on any of these topics`);
       }
     }
