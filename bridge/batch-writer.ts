@@ -1,9 +1,9 @@
+import { createHash } from "node:crypto";
 import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import type pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 import { encodeRows } from "./copy-binary.ts";
-import * as copy from "./copy-format.ts";
 import { DedupWindow } from "./dedup-window.ts";
 import type { Logger } from "./logger.ts";
 import { dayOf, type Partitions } from "./partitions.ts";
@@ -21,6 +21,7 @@ import {
   type RejectReason,
   type TelemetryRow,
 } from "./telemetry-message.ts";
+import { timestamp } from "./timestamp.ts";
 
 /** What became of a message; settled only once that is committed. */
 export type WriteOutcome =
@@ -108,22 +109,73 @@ export const COPY_TELEMETRY =
   "COPY telemetry (time, topic, device_id, event_id, payload, received_at) FROM STDIN (FORMAT binary)";
 const COPY_STAGING =
   "COPY telemetry_staging (time, topic, device_id, event_id, payload, received_at) FROM STDIN (FORMAT binary)";
-const COPY_REJECTED =
-  "COPY telemetry_rejected (received_at, client_id, topic, reason, detail, payload) FROM STDIN";
 const CREATE_STAGING =
   "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging (LIKE telemetry) ON COMMIT DELETE ROWS";
 const MERGE_STAGING = `INSERT INTO telemetry SELECT * FROM telemetry_staging
   ON CONFLICT DO NOTHING
   RETURNING topic, event_id, (extract(epoch FROM time) * 1000)::bigint AS time_ms`;
 
-/** Text columns cannot hold U+0000, which topics and client ids may carry. */
+/** What a dead letter keeps of its payload; the full size and SHA-256 stand for the rest. */
+export const DEAD_LETTER_PAYLOAD_BYTES = 4096;
+
+/** One row per (reason, topic, payload): a resent letter counts in `occurrences`. */
+const RECORD_LETTERS = `INSERT INTO telemetry_rejected AS r (received_at, last_received_at,
+    occurrences, client_id, topic, reason, detail, payload, payload_bytes, payload_sha256)
+  SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[], $3::int[], $4::text[], $5::text[],
+    $6::text[], $7::text[], $8::bytea[], $9::int[], $10::bytea[])
+  ON CONFLICT (reason, md5(topic), payload_sha256) DO UPDATE
+    SET occurrences = r.occurrences + excluded.occurrences,
+        last_received_at = greatest(r.last_received_at, excluded.last_received_at)`;
+
+/** Text columns hold neither U+0000, which topics and client ids may carry, nor lone surrogates. */
 function storable(value: string): string {
-  return value.replaceAll("\u0000", "\uFFFD");
+  return value.replaceAll("\u0000", "\uFFFD").toWellFormed();
 }
 
-function letterLine(letter: DeadLetter): string {
-  const clientId = letter.clientId === null ? null : storable(letter.clientId);
-  return `${copy.timestamp(letter.receivedAtMs)}\t${copy.nullableText(clientId)}\t${copy.text(storable(letter.topic))}\t${letter.reason}\t${copy.text(storable(letter.detail))}\t${copy.bytea(letter.payload)}\n`;
+/** Letters alike, as one row. */
+interface LetterGroup {
+  first: DeadLetter;
+  topic: string;
+  sha256: Buffer;
+  lastMs: number;
+  count: number;
+}
+
+/**
+ * The statement's parameters: one row per distinct letter, in key order so
+ * that two transactions recording the same letters lock them in one order.
+ */
+function letterParameters(letters: DeadLetter[]): unknown[][] {
+  const groups = new Map<string, LetterGroup>();
+  for (const letter of letters) {
+    const topic = storable(letter.topic);
+    const sha256 = createHash("sha256").update(letter.payload).digest();
+    const key = `${letter.reason}\u0000${topic}\u0000${sha256.toString("hex")}`;
+    const group = groups.get(key);
+    if (group) {
+      group.count++;
+      group.lastMs = Math.max(group.lastMs, letter.receivedAtMs);
+    } else {
+      groups.set(key, { first: letter, topic, sha256, lastMs: letter.receivedAtMs, count: 1 });
+    }
+  }
+  const rows = [...groups.keys()].sort().map((key) => {
+    const { first, topic, sha256, lastMs, count } = groups.get(key) as LetterGroup;
+    return [
+      timestamp(first.receivedAtMs),
+      timestamp(lastMs),
+      count,
+      first.clientId === null ? null : storable(first.clientId),
+      topic,
+      first.reason,
+      storable(first.detail),
+      first.payload.subarray(0, DEAD_LETTER_PAYLOAD_BYTES),
+      first.payload.length,
+      sha256,
+    ];
+  });
+  // unnest takes a column at a time.
+  return Array.from({ length: 10 }, (_, column) => rows.map((row) => row[column]));
 }
 
 /** Sends `data` to a `COPY … FROM STDIN` and waits for PostgreSQL to accept it. */
@@ -284,7 +336,7 @@ export class BatchWriter {
           clientId: row.clientId,
           payload: row.payload,
           reason: verdict.reason,
-          detail: `ts ${copy.timestamp(row.timeMs)} is outside the partitions kept`,
+          detail: `ts ${timestamp(row.timeMs)} is outside the partitions kept`,
           receivedAtMs: row.receivedAtMs,
         },
         receipt,
@@ -526,7 +578,7 @@ export class BatchWriter {
         );
       }
       if (letters.length > 0) {
-        await copyIn(client, COPY_REJECTED, letters.map((item) => letterLine(item.value)).join(""));
+        await client.query(RECORD_LETTERS, letterParameters(letters.map((item) => item.value)));
       }
       if (!single) await client.query("COMMIT");
       return stored;

@@ -27,6 +27,7 @@ export type RejectReason =
   | "payload_not_utf8"
   | "payload_not_json"
   | "payload_not_object"
+  | "payload_too_deep"
   | "payload_nul_character"
   | "event_id_missing"
   | "event_id_invalid"
@@ -45,6 +46,30 @@ export type ParseResult =
 export const MAX_EVENT_ID_CHARS = 128;
 /** Keeps (topic, time, event_id) well under PostgreSQL's btree entry limit (2704 bytes). */
 export const MAX_TOPIC_BYTES = 1024;
+/**
+ * Arrays and objects nested deeper than this are refused: JSON.stringify and
+ * PostgreSQL's jsonb recurse per level (jsonb, at its default stack, gives
+ * up somewhere past 10,000 levels), and no reading needs a fraction of it.
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/**
+ * Whether a parsed JSON value nests arrays and objects more than `levels`
+ * deep (the value itself is the first level). Recursion stops at the limit,
+ * and a flat reading costs a few tens of nanoseconds.
+ */
+export function nestsDeeperThan(value: unknown, levels: number): boolean {
+  if (value === null || typeof value !== "object") return false;
+  if (levels === 0) return true;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) if (nestsDeeperThan(value[i], levels - 1)) return true;
+    return false;
+  }
+  for (const key in value) {
+    if (nestsDeeperThan((value as Record<string, unknown>)[key], levels - 1)) return true;
+  }
+  return false;
+}
 
 const ISO_8601 =
   /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2}):?(\d{2}))$/;
@@ -150,6 +175,12 @@ export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): Pa
   }
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     return reject("payload_not_object", "payload must be a JSON object");
+  }
+  if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
+    return reject(
+      "payload_too_deep",
+      `arrays and objects nest deeper than ${MAX_JSON_DEPTH} levels`,
+    );
   }
   const { event_id: eventId, ts } = body as Record<string, unknown>;
   if (eventId === undefined) return reject("event_id_missing", "payload has no event_id");

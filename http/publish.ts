@@ -22,6 +22,7 @@ const FIELD: Partial<Record<RejectReason, string>> = {
   source_invalid: "source",
   payload_not_object: "payload",
   payload_too_large: "payload",
+  payload_too_deep: "payload",
   payload_nul_character: "payload",
   not_authorized: "topic",
 };

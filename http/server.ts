@@ -10,6 +10,7 @@ import type { MqttServer } from "../broker/mqtt-server.ts";
 import { topicMatcher } from "../broker/topic-filter.ts";
 import { AccessError, identify, requireRole } from "./auth.ts";
 import { isObject, publishEvents } from "./publish.ts";
+import { parseJsonBody, RequestError } from "./request-body.ts";
 
 const MAX_EVENTS_PER_REQUEST = 5000;
 const MAX_EVENTS_LIMIT = 1000;
@@ -36,16 +37,6 @@ export interface HttpServer {
   close(): Promise<void>;
 }
 
-class RequestError extends Error {
-  constructor(
-    readonly statusCode: number,
-    readonly field: string,
-    readonly reason: string,
-  ) {
-    super(`${field}: ${reason}`);
-  }
-}
-
 function optionalTime(query: Record<string, string | undefined>, field: string): Date | undefined {
   const raw = query[field];
   if (raw === undefined || raw === "") return undefined;
@@ -65,6 +56,15 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.bodyLimit,
   });
+  // Only JSON, read by our own parser: any other Content-Type is a 415.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (_request, body, done) => {
+    try {
+      done(null, parseJsonBody(body as Buffer));
+    } catch (error) {
+      done(error as RequestError, undefined);
+    }
+  });
 
   app.setErrorHandler((error: FastifyError | RequestError | AccessError, _request, reply) => {
     if (error instanceof AccessError) {
@@ -77,9 +77,13 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     }
     const status = error.statusCode ?? 500;
     if (status >= 500) logger.error({ err: error }, "HTTP request failed");
-    return reply
-      .code(status)
-      .send({ error: error.message, field: "body", reason: error.code ?? "error" });
+    const [field, reason] =
+      status === 415
+        ? ["content-type", "must be application/json"]
+        : status === 413
+          ? ["body", `is larger than HTTP_BODY_LIMIT_BYTES (${deps.bodyLimit} bytes)`]
+          : ["body", error.message];
+    return reply.code(status).send({ error: `${field}: ${reason}`, field, reason });
   });
 
   const caller = (request: FastifyRequest) => identify(request, deps.authenticator, deps.anonymous);

@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { parseTelemetry, parseTimestamp, type RawMessage } from "../../bridge/telemetry-message.ts";
+import {
+  MAX_JSON_DEPTH,
+  nestsDeeperThan,
+  parseTelemetry,
+  parseTimestamp,
+  type RawMessage,
+} from "../../bridge/telemetry-message.ts";
 
 function message(payload: string | Buffer, topic = "telemetry/dev-1/env"): RawMessage {
   return {
@@ -14,6 +20,22 @@ function reason(payload: string | Buffer, topic?: string): string | undefined {
   const result = parseTelemetry(message(payload, topic), 1024);
   return result.ok ? undefined : result.reason;
 }
+
+describe("nestsDeeperThan", () => {
+  const depth = (json: string) => {
+    const value = JSON.parse(json);
+    for (let levels = 0; ; levels++) if (!nestsDeeperThan(value, levels)) return levels;
+  };
+
+  it("counts the levels of arrays and objects", () => {
+    expect(depth("1")).toBe(0);
+    expect(depth('{"a":[1,{"b":[]}],"c":{}}')).toBe(4);
+    expect(depth('["[[[[", {"{{": "]]"}]')).toBe(2);
+    expect(depth(`${"[".repeat(1000)}${"]".repeat(1000)}`)).toBe(1000);
+    const deep = JSON.parse(`${"[".repeat(100_000)}${"]".repeat(100_000)}`);
+    expect(nestsDeeperThan(deep, 64)).toBe(true);
+  });
+});
 
 describe("parseTimestamp", () => {
   it("reads epoch milliseconds and ISO 8601 with a zone", () => {
@@ -89,6 +111,14 @@ describe("parseTelemetry", () => {
     expect(reason(`{"event_id":"a","ts":"noon"}`)).toBe("ts_invalid");
     expect(reason(`{"event_id":"a",${ok},"note":"x\\u0000"}`)).toBe("payload_nul_character");
     expect(reason(`{"event_id":"a",${ok},"k\\u0000":1}`)).toBe("payload_nul_character");
+  });
+
+  it("refuses arrays and objects nested deeper than the limit", () => {
+    const nested = (depth: number) =>
+      `{"event_id":"a","ts":0,"v":${"[".repeat(depth - 1)}${"]".repeat(depth - 1)}}`;
+    expect(reason(nested(MAX_JSON_DEPTH))).toBeUndefined();
+    expect(reason(nested(MAX_JSON_DEPTH + 1))).toBe("payload_too_deep");
+    expect(reason(`{"event_id":"a","ts":0,"v":"${"[{".repeat(200)}"}`)).toBeUndefined();
   });
 
   it("counts event_id length in characters, not UTF-16 units", () => {

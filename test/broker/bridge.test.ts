@@ -53,8 +53,17 @@ describe("the bridge, end to end over MQTT", () => {
           // An application-level resend of an acknowledged or in-flight event.
           if (n % 10 === 0) sends.push(publishAcked(device, topic, reading(name, n, ts + n)));
         }
+        // Sent twice, as a device resends what it cannot get stored: recorded once.
+        sends.push(publishAcked(device, topic, "not json"));
         sends.push(publishAcked(device, topic, "not json"));
         sends.push(publishAcked(device, topic, JSON.stringify({ ts })));
+        sends.push(
+          publishAcked(
+            device,
+            topic,
+            `{"event_id":"d","ts":${ts},"v":${"[".repeat(99)}${"]".repeat(99)}}`,
+          ),
+        );
         sends.push(publishAcked(device, topic, JSON.stringify({ event_id: "x", ts: "soon" })));
         await Promise.all(sends);
       }),
@@ -71,13 +80,14 @@ describe("the bridge, end to end over MQTT", () => {
       ),
     ).toBe(2000);
     const { rows } = await pool.query(
-      `SELECT reason, count(*)::int AS n FROM telemetry_rejected
-        WHERE client_id LIKE 'fleet-%' GROUP BY reason ORDER BY reason`,
+      `SELECT reason, count(*)::int AS n, sum(occurrences)::int AS occurrences
+         FROM telemetry_rejected WHERE client_id LIKE 'fleet-%' GROUP BY reason ORDER BY reason`,
     );
     expect(rows).toEqual([
-      { reason: "event_id_missing", n: 10 },
-      { reason: "payload_not_json", n: 10 },
-      { reason: "ts_invalid", n: 10 },
+      { reason: "event_id_missing", n: 10, occurrences: 10 },
+      { reason: "payload_not_json", n: 10, occurrences: 20 },
+      { reason: "payload_too_deep", n: 10, occurrences: 10 },
+      { reason: "ts_invalid", n: 10, occurrences: 10 },
     ]);
   });
 

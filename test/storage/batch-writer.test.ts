@@ -1,6 +1,6 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import type { WriteOutcome } from "../../bridge/batch-writer.ts";
+import { DEAD_LETTER_PAYLOAD_BYTES, type WriteOutcome } from "../../bridge/batch-writer.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count, openWriter, row } from "../helpers/writer.ts";
 
@@ -126,7 +126,10 @@ describe("BatchWriter", () => {
     const { rows: letters } = await pool.query(
       "SELECT topic, client_id, reason, payload FROM telemetry_rejected WHERE topic = 'telemetry/poison/env' ORDER BY id",
     );
-    expect(letters.map((l) => l.payload)).toEqual([nul.payload, surrogate.payload]);
+    expect(letters).toHaveLength(2);
+    expect(letters.map((l) => l.payload)).toEqual(
+      expect.arrayContaining([nul.payload, surrogate.payload]),
+    );
     expect(letters.every((l) => l.reason === "database_refused" && l.client_id === "poison")).toBe(
       true,
     );
@@ -186,11 +189,11 @@ describe("BatchWriter", () => {
       "stored",
     ]);
     const { rows } = await pool.query(
-      "SELECT reason, payload FROM telemetry_rejected WHERE client_id = 'mal' ORDER BY id",
+      "SELECT reason, payload FROM telemetry_rejected WHERE client_id = 'mal' ORDER BY reason",
     );
     expect(rows.map((r) => r.reason)).toEqual([
-      "payload_not_json",
       "event_id_missing",
+      "payload_not_json",
       "payload_not_utf8",
     ]);
     expect(rows[2].payload).toEqual(Buffer.from([0xc3, 0x28]));
@@ -199,6 +202,71 @@ describe("BatchWriter", () => {
       event_id_missing: 1,
       payload_not_utf8: 1,
     });
+    await close();
+  });
+
+  it("keeps a prefix of a dead letter's payload, with its size and SHA-256", async () => {
+    const { writer, pool, close } = openWriter(db.url, { maxPayloadBytes: 1024 * 1024 });
+    const payload = randomBytes(300 * 1024);
+    const outcome = await writer.ingest({
+      topic: "telemetry/big-letter/x",
+      payload,
+      clientId: "big-letter",
+      receivedAtMs: Date.now(),
+    });
+    expect(outcome).toMatchObject({ status: "rejected", reason: "payload_not_utf8" });
+    const { rows } = await pool.query(
+      `SELECT payload, payload_bytes, payload_sha256, occurrences FROM telemetry_rejected
+        WHERE client_id = 'big-letter'`,
+    );
+    expect(rows).toHaveLength(1);
+    expect(rows[0].payload).toEqual(payload.subarray(0, DEAD_LETTER_PAYLOAD_BYTES));
+    expect(rows[0].payload_bytes).toBe(payload.length);
+    expect(rows[0].payload_sha256).toEqual(createHash("sha256").update(payload).digest());
+    expect(rows[0].occurrences).toBe(1);
+    await close();
+  });
+
+  it("records a resent malformed message once, counting its occurrences", async () => {
+    const { writer, pool, close } = openWriter(db.url, { batchMaxWaitMs: 50 });
+    const t0 = Date.now();
+    const letter = (n: number, payload = "{oops") => ({
+      topic: "telemetry/resend/x",
+      payload: Buffer.from(payload),
+      clientId: "resend",
+      receivedAtMs: t0 + n,
+    });
+    // Three copies in one batch, two more in later batches, and one other letter.
+    const first = await Promise.all([
+      writer.ingest(letter(0)),
+      writer.ingest(letter(1)),
+      writer.ingest(letter(2)),
+      writer.ingest(letter(3, "{other")),
+    ]);
+    expect(first.every((o) => o.status === "rejected")).toBe(true);
+    await writer.ingest(letter(4));
+    await writer.ingest(letter(5));
+    // Two writers at once (two processes) record the same letters without deadlock.
+    const other = openWriter(db.url, { batchMaxWaitMs: 50 });
+    const copies = [writer, other.writer].flatMap((w) =>
+      Array.from({ length: 50 }, (_, n) => w.ingest(letter(100 + n, `{copy-${n % 10}`))),
+    );
+    await Promise.all(copies);
+    await other.close();
+    const { rows } = await pool.query(
+      `SELECT convert_from(payload, 'UTF8') AS payload, occurrences,
+              extract(epoch FROM received_at) * 1000 AS first_ms,
+              extract(epoch FROM last_received_at) * 1000 AS last_ms
+         FROM telemetry_rejected WHERE client_id = 'resend' ORDER BY payload`,
+    );
+    expect(rows.map((r) => [r.payload, r.occurrences])).toEqual([
+      ...Array.from({ length: 10 }, (_, n) => [`{copy-${n}`, 10]),
+      ["{oops", 5],
+      ["{other", 1],
+    ]);
+    expect(Number(rows[10].first_ms)).toBe(t0);
+    expect(Number(rows[10].last_ms)).toBe(t0 + 5);
+    expect(writer.counters.rejected).toEqual({ payload_not_json: 56 });
     await close();
   });
 

@@ -1,23 +1,3 @@
-/**
- * Encoders for PostgreSQL's COPY text format: one line per row, columns
- * separated by tabs, backslash escapes for the four characters that would
- * break the framing.
- */
-
-const SPECIAL = /[\\\n\r\t]/;
-const SPECIAL_ALL = /[\\\n\r\t]/g;
-const ESCAPES: Record<string, string> = { "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
-
-export const NULL = "\\N";
-
-export function text(value: string): string {
-  return SPECIAL.test(value) ? value.replace(SPECIAL_ALL, (ch) => ESCAPES[ch] ?? ch) : value;
-}
-
-export function nullableText(value: string | null): string {
-  return value === null ? NULL : text(value);
-}
-
 const DAY_MS = 86_400_000;
 let cachedDay = Number.NaN;
 let cachedDate = "";
@@ -44,9 +24,4 @@ export function timestamp(ms: number): string {
   rest -= minutes * 60_000;
   const seconds = Math.floor(rest / 1000);
   return `${cachedDate}${pad(hours, 2)}:${pad(minutes, 2)}:${pad(seconds, 2)}.${pad(rest - seconds * 1000, 3)}Z`;
-}
-
-/** bytea in hex form; the backslash itself is escaped for the COPY layer. */
-export function bytea(value: Buffer): string {
-  return `\\\\x${value.toString("hex")}`;
 }
