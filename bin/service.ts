@@ -3,6 +3,7 @@ import { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Config } from "../bridge/config.ts";
 import { type Database, openDatabase } from "../bridge/database.ts";
 import type { Logger } from "../bridge/logger.ts";
+import { bridgedTopics } from "../bridge/mappings.ts";
 import { Metrics } from "../bridge/metrics.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { Partitions } from "../bridge/partitions.ts";
@@ -12,7 +13,6 @@ import { IdentityDirectory } from "../broker/auth/identity-directory.ts";
 import { watchIdentities } from "../broker/auth/revocation.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
 import { type MqttLimits, type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
-import { topicMatcher } from "../broker/topic-filter.ts";
 import { type HttpServer, startHttpServer } from "../http/server.ts";
 import { IdentityStore } from "../storage/identities.ts";
 
@@ -59,6 +59,8 @@ export function anonymousAllowed(
 
 /** Database, migrations, partition job, writer, broker and HTTP API, started in that order. */
 export async function startService(config: Config, logger: Logger): Promise<Service> {
+  const { mappings } = config;
+  const topics = bridgedTopics(config.bridgeTopics, mappings);
   const database = await openDatabase(config, logger);
   const cleanup: (() => Promise<void> | void)[] = [() => database.stop()];
   const unwind = async () => {
@@ -91,6 +93,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       pool,
       partitions,
       {
+        mappings,
         batchMaxRows: config.batchMaxRows,
         batchMaxWaitMs: config.batchMaxWaitMs,
         queueMaxRows: config.queueMaxRows,
@@ -111,8 +114,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       store,
       directory,
       anonymous,
-      topics: config.bridgeTopics,
-      bridged: topicMatcher(config.bridgeTopics),
+      topics,
       logger,
     });
     cleanup.push(() => access.close());
@@ -122,7 +124,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
 
     const hooks = createIngestHooks({
       ingest: writer,
-      topics: config.bridgeTopics,
+      topics: topics.filters,
       timeoutMs: config.ingestTimeoutMs,
       access,
       logger,
@@ -163,7 +165,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       metrics,
       pool,
       mqtt,
-      topics: config.bridgeTopics,
+      topics,
       authenticator,
       anonymous,
       host: config.httpHost,

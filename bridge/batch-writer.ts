@@ -6,6 +6,7 @@ import { from as copyFrom } from "pg-copy-streams";
 import { encodeRows } from "./copy-binary.ts";
 import { DedupWindow } from "./dedup-window.ts";
 import type { Logger } from "./logger.ts";
+import type { Mappings } from "./mappings.ts";
 import { dayOf, type Partitions } from "./partitions.ts";
 import {
   CHECK_VIOLATION,
@@ -52,6 +53,8 @@ export interface DeadLetter {
 }
 
 export interface BatchWriterOptions {
+  /** How to read topics in devices' own shapes; others are read as the default shape. */
+  mappings?: Mappings;
   batchMaxRows: number;
   batchMaxWaitMs: number;
   queueMaxRows: number;
@@ -225,7 +228,8 @@ export class BatchWriter {
     batches: 0,
     retries: 0,
   };
-  private readonly options: Required<BatchWriterOptions>;
+  private readonly options: Required<Omit<BatchWriterOptions, "mappings">>;
+  private readonly mappings: Mappings | undefined;
   private readonly queue: Item[] = [];
   /** Callers past `queueMaxRows`: their messages join the queue as it drains. */
   private readonly waiting: Item[] = [];
@@ -255,6 +259,7 @@ export class BatchWriter {
     private readonly logger: Logger,
   ) {
     this.options = { retryInitialMs: 100, retryMaxMs: 5000, ...options };
+    this.mappings = options.mappings;
     this.window = new DedupWindow(options.dedupWindowKeys);
   }
 
@@ -283,14 +288,22 @@ export class BatchWriter {
     this.reporters.push(reporter);
   }
 
-  /** Validates a raw message, then writes it or dead-letters it. */
-  ingest(message: RawMessage): Promise<WriteOutcome> {
-    return new Promise((settle, fail) => this.submit(message, { settle, fail }));
+  /**
+   * Validates a raw message, then writes it or dead-letters it. A message
+   * in the default shape (`event_id` and `ts`), as the HTTP API makes, can
+   * be read so on any topic: a mapped topic then gives only its device.
+   */
+  ingest(message: RawMessage, shape: "topic" | "default" = "topic"): Promise<WriteOutcome> {
+    return new Promise((settle, fail) => this.submit(message, { settle, fail }, shape));
   }
 
   /** `ingest` for callers that take a receipt instead of a promise for each message. */
-  submit(message: RawMessage, receipt: Receipt): void {
-    const parsed = parseTelemetry(message, this.options.maxPayloadBytes);
+  submit(message: RawMessage, receipt: Receipt, shape: "topic" | "default" = "topic"): void {
+    const max = this.options.maxPayloadBytes;
+    const parsed =
+      shape === "topic"
+        ? (this.mappings?.read(message, max) ?? parseTelemetry(message, max))
+        : parseTelemetry(message, max, this.mappings?.deviceOf(message.topic));
     if (parsed.ok) {
       this.writeRow(parsed.row, receipt);
       return;

@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import cron from "node-cron";
 import { validateFilter } from "../broker/topic-filter.ts";
+import { MappingError, Mappings } from "./mappings.ts";
 
 /**
  * Every setting the service reads, with its default. Environment variables
@@ -47,6 +48,8 @@ export interface Config {
   httpBodyLimitBytes: number;
   /** MQTT filters whose messages are stored; others are only brokered. */
   bridgeTopics: string[];
+  /** How to read devices' own shapes, from MAPPINGS_FILE; their filters are bridged too. */
+  mappings: Mappings | undefined;
   /**
    * Longest a device waits for its PUBACK while PostgreSQL is slow or down;
    * then it is disconnected and resends. Capped by the client's keepalive.
@@ -101,6 +104,7 @@ export const defaults = {
   httpPort: 8080,
   httpBodyLimitBytes: 1024 * 1024,
   bridgeTopics: ["telemetry/#"],
+  mappings: undefined,
   ingestTimeoutMs: 30_000,
   databaseUrl: undefined,
   dataDir: ".data",
@@ -137,6 +141,7 @@ export const CONFIG_VARIABLES = [
   "HTTP_PORT",
   "HTTP_BODY_LIMIT_BYTES",
   "BRIDGE_TOPICS",
+  "MAPPINGS_FILE",
   "INGEST_TIMEOUT_MS",
   "DATABASE_URL",
   "DATA_DIR",
@@ -214,6 +219,17 @@ function topics(env: Env): string[] {
     }
   }
   return filters;
+}
+
+function mappings(env: Env): Mappings | undefined {
+  const file = env.MAPPINGS_FILE?.trim();
+  if (!file) return undefined;
+  try {
+    return Mappings.load(file);
+  } catch (error) {
+    if (error instanceof MappingError) throw new ConfigError(`MAPPINGS_FILE ${error.message}`);
+    throw error;
+  }
 }
 
 function host(env: Env, name: string, fallback: string): string {
@@ -337,6 +353,7 @@ export function loadConfig(env: Env = process.env): Config {
       256 * 1024 * 1024,
     ),
     bridgeTopics: topics(env),
+    mappings: mappings(env),
     ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
     databaseUrl: databaseUrl(env),
     dataDir: path.resolve(env.DATA_DIR?.trim() || defaults.dataDir),

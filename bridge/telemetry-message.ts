@@ -39,9 +39,7 @@ export type RejectReason =
   | "not_authorized"
   | "database_refused";
 
-export type ParseResult =
-  | { ok: true; row: TelemetryRow }
-  | { ok: false; reason: RejectReason; detail: string };
+export type ParseResult = { ok: true; row: TelemetryRow } | Rejection;
 
 export const MAX_EVENT_ID_CHARS = 128;
 /** Keeps (topic, time, event_id) well under PostgreSQL's btree entry limit (2704 bytes). */
@@ -72,7 +70,7 @@ export function nestsDeeperThan(value: unknown, levels: number): boolean {
 }
 
 const ISO_8601 =
-  /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2}):?(\d{2}))$/;
+  /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$/;
 /** 1970-01-01 to 9999-12-31 UTC: what devices can mean, in ISO 8601's four-digit years. */
 const MIN_TIME_MS = 0;
 const MAX_TIME_MS = Date.UTC(10_000, 0, 1) - 1;
@@ -86,8 +84,19 @@ export function parseTimestamp(ts: unknown): number | undefined {
   if (typeof ts === "number") {
     return Number.isFinite(ts) ? inRange(Math.trunc(ts)) : undefined;
   }
-  if (typeof ts !== "string") return undefined;
-  const m = ISO_8601.exec(ts);
+  return typeof ts === "string" ? parseIso(ts) : undefined;
+}
+
+/**
+ * Epoch milliseconds of an ISO 8601 date and time. One without a zone is
+ * refused, unless `zoneOffset` gives the offset (minutes east of UTC) in
+ * force at that wall-clock time, taken as if it were UTC.
+ */
+export function parseIso(
+  text: string,
+  zoneOffset?: (wallClockMs: number) => number,
+): number | undefined {
+  const m = ISO_8601.exec(text);
   if (!m) return undefined;
   const [year, month, day, hour, minute] = [m[1], m[2], m[3], m[4], m[5]].map(Number) as [
     number,
@@ -103,7 +112,10 @@ export function parseTimestamp(ts: unknown): number | undefined {
   // Date.UTC rolls 31 April over into May: reject what does not round-trip.
   if (local.getUTCDate() !== day || local.getUTCMonth() !== month - 1) return undefined;
   let offsetMinutes = 0;
-  if (!m[8]) {
+  if (m[9] === undefined && m[8] === undefined) {
+    if (!zoneOffset) return undefined;
+    offsetMinutes = zoneOffset(local.getTime());
+  } else if (!m[8]) {
     const offsetHours = Number(m[10]);
     const offsetMins = Number(m[11]);
     if (offsetHours > 23 || offsetMins > 59) return undefined;
@@ -138,52 +150,59 @@ export function deviceIdOf(topic: string): string {
   return topic.slice(start, end === -1 ? undefined : end);
 }
 
-function reject(reason: RejectReason, detail: string): ParseResult {
-  return { ok: false, reason, detail };
+/** Why a message cannot be stored as telemetry. */
+export class Rejection {
+  readonly ok = false;
+  constructor(
+    readonly reason: RejectReason,
+    readonly detail: string,
+  ) {}
 }
 
-/**
- * Validates a telemetry message: topic `<prefix>/<device_id>/…`, payload a
- * JSON object with `event_id` (a string of 1–128 characters) and `ts`
- * (ISO 8601 with a zone, or epoch milliseconds).
- */
-export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): ParseResult {
-  const { topic, payload } = message;
-  const deviceId = deviceIdOf(topic);
-  if (!deviceId) return reject("topic_invalid", "topic must be <prefix>/<device_id>/…");
+/** Why `topic` cannot be a stored topic (its size, U+0000, lone surrogates), if it cannot. */
+export function topicRejection(topic: string): Rejection | undefined {
   if (
     // UTF-8 takes at most 3 bytes per UTF-16 unit: count bytes only when it could matter.
     (topic.length * 3 > MAX_TOPIC_BYTES && Buffer.byteLength(topic) > MAX_TOPIC_BYTES) ||
     topic.includes("\u0000") ||
     !topic.isWellFormed()
   ) {
-    return reject(
+    return new Rejection(
       "topic_invalid",
       `topic must be at most ${MAX_TOPIC_BYTES} bytes of Unicode, without U+0000`,
     );
   }
+  return undefined;
+}
+
+/** The payload as text: at most `maxPayloadBytes` of UTF-8. */
+export function payloadText(payload: Buffer, maxPayloadBytes: number): string | Rejection {
   if (payload.length > maxPayloadBytes) {
-    return reject("payload_too_large", `${payload.length} bytes; the limit is ${maxPayloadBytes}`);
+    return new Rejection(
+      "payload_too_large",
+      `${payload.length} bytes; the limit is ${maxPayloadBytes}`,
+    );
   }
-  if (!isUtf8(payload)) return reject("payload_not_utf8", "payload is not valid UTF-8");
-  const text = payload.toString("utf8");
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch (error) {
-    return reject("payload_not_json", (error as Error).message);
-  }
-  if (body === null || typeof body !== "object" || Array.isArray(body)) {
-    return reject("payload_not_object", "payload must be a JSON object");
-  }
-  if (nestsDeeperThan(body, MAX_JSON_DEPTH)) {
-    return reject(
+  if (!isUtf8(payload)) return new Rejection("payload_not_utf8", "payload is not valid UTF-8");
+  return payload.toString("utf8");
+}
+
+/** Whether a parsed value can be stored as jsonb: nested at most MAX_JSON_DEPTH, without U+0000. */
+export function jsonRejection(value: unknown, text: string): Rejection | undefined {
+  if (nestsDeeperThan(value, MAX_JSON_DEPTH)) {
+    return new Rejection(
       "payload_too_deep",
       `arrays and objects nest deeper than ${MAX_JSON_DEPTH} levels`,
     );
   }
-  const { event_id: eventId, ts } = body as Record<string, unknown>;
-  if (eventId === undefined) return reject("event_id_missing", "payload has no event_id");
+  if (text.includes("\\u0000") && containsNul(value)) {
+    return new Rejection("payload_nul_character", "PostgreSQL jsonb cannot store \\u0000");
+  }
+  return undefined;
+}
+
+/** Whether `eventId` can identify a message: 1–128 characters of Unicode, without U+0000. */
+export function eventIdRejection(eventId: unknown): Rejection | undefined {
   if (
     typeof eventId !== "string" ||
     eventId.length === 0 ||
@@ -192,25 +211,58 @@ export function parseTelemetry(message: RawMessage, maxPayloadBytes: number): Pa
     // PostgreSQL would store a lone surrogate as U+FFFD, merging distinct ids.
     !eventId.isWellFormed()
   ) {
-    return reject(
+    return new Rejection(
       "event_id_invalid",
       `event_id must be a string of 1–${MAX_EVENT_ID_CHARS} characters`,
     );
   }
-  if (ts === undefined) return reject("ts_missing", "payload has no ts");
+  return undefined;
+}
+
+/**
+ * Validates a telemetry message: topic `<prefix>/<device_id>/…`, payload a
+ * JSON object with `event_id` (a string of 1–128 characters) and `ts`
+ * (ISO 8601 with a zone, or epoch milliseconds). `mappedDevice`, for a
+ * topic a mapping reads, stands for the topic's second level.
+ */
+export function parseTelemetry(
+  message: RawMessage,
+  maxPayloadBytes: number,
+  mappedDevice?: string,
+): ParseResult {
+  const { topic, payload } = message;
+  const deviceId = mappedDevice ?? deviceIdOf(topic);
+  if (!deviceId) return new Rejection("topic_invalid", "topic must be <prefix>/<device_id>/…");
+  const badTopic = topicRejection(topic);
+  if (badTopic) return badTopic;
+  const text = payloadText(payload, maxPayloadBytes);
+  if (typeof text !== "string") return text;
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (error) {
+    return new Rejection("payload_not_json", (error as Error).message);
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    return new Rejection("payload_not_object", "payload must be a JSON object");
+  }
+  const { event_id: eventId, ts } = body as Record<string, unknown>;
+  if (eventId === undefined) return new Rejection("event_id_missing", "payload has no event_id");
+  const badEventId = eventIdRejection(eventId);
+  if (badEventId) return badEventId;
+  if (ts === undefined) return new Rejection("ts_missing", "payload has no ts");
   const timeMs = parseTimestamp(ts);
   if (timeMs === undefined) {
-    return reject("ts_invalid", "ts must be ISO 8601 with a zone or epoch milliseconds");
+    return new Rejection("ts_invalid", "ts must be ISO 8601 with a zone or epoch milliseconds");
   }
-  if (text.includes("\\u0000") && containsNul(body)) {
-    return reject("payload_nul_character", "PostgreSQL jsonb cannot store \\u0000");
-  }
+  const badJson = jsonRejection(body, text);
+  if (badJson) return badJson;
   return {
     ok: true,
     row: {
       topic,
       deviceId,
-      eventId,
+      eventId: eventId as string,
       timeMs,
       payload,
       receivedAtMs: message.receivedAtMs,

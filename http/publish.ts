@@ -100,7 +100,7 @@ export async function publishEvents(
         const payload = Buffer.from(
           JSON.stringify({ ...(fields as object), event_id, ts: timestamp, source }),
         );
-        outcome = await writer.ingest({ topic, payload, clientId, receivedAtMs });
+        outcome = await writer.ingest({ topic, payload, clientId, receivedAtMs }, "default");
         if (outcome.status === "stored") stored.push({ topic, payload });
       }
       if (outcome.status === "stored") return { index, event_id: eventId, status: "accepted" };

@@ -2,12 +2,12 @@ import Fastify, { type FastifyError, type FastifyRequest, LogController } from "
 import type pg from "pg";
 import type { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
+import type { BridgedTopics } from "../bridge/mappings.ts";
 import type { Metrics } from "../bridge/metrics.ts";
 import { deviceIdOf, parseTimestamp } from "../bridge/telemetry-message.ts";
 import { compileAcl } from "../broker/auth/acl.ts";
 import type { Authenticator } from "../broker/auth/authenticator.ts";
 import type { MqttServer } from "../broker/mqtt-server.ts";
-import { topicMatcher } from "../broker/topic-filter.ts";
 import { AccessError, identify, requireRole } from "./auth.ts";
 import { isObject, publishEvents } from "./publish.ts";
 import { parseJsonBody, RequestError } from "./request-body.ts";
@@ -21,7 +21,7 @@ export interface HttpDependencies {
   metrics: Metrics;
   pool: pg.Pool;
   mqtt: MqttServer;
-  topics: readonly string[];
+  topics: BridgedTopics;
   authenticator: Authenticator;
   /** Requests without credentials are served (a loopback-only or deliberately open service). */
   anonymous: boolean;
@@ -49,7 +49,6 @@ function optionalTime(query: Record<string, string | undefined>, field: string):
 /** The HTTP API on `port`: /publish, /events, /stats, /health, /metrics. */
 export async function startHttpServer(port: number, deps: HttpDependencies): Promise<HttpServer> {
   const { writer, metrics, pool, mqtt, logger } = deps;
-  const bridged = topicMatcher(deps.topics);
   const app = Fastify({
     loggerInstance: logger,
     // A line per request would drown the ingest logs; failures are logged by the handler below.
@@ -109,7 +108,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     }
     let allowed: (topic: string) => boolean = () => true;
     if (identity) {
-      const acl = compileAcl(identity, identity.id, deps.topics, bridged);
+      const acl = compileAcl(identity, identity.id, deps.topics);
       allowed = (topic) => acl.canPublish(topic);
       const allowedEvent = (event: unknown) =>
         isObject(event) && typeof event.topic === "string" && allowed(event.topic);
@@ -126,7 +125,12 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     }
     let timer: NodeJS.Timeout | undefined;
     const published = await Promise.race([
-      publishEvents(events, writer, { bridged, allowed }, identity?.id ?? `http:${request.ip}`),
+      publishEvents(
+        events,
+        writer,
+        { bridged: deps.topics.bridged, allowed },
+        identity?.id ?? `http:${request.ip}`,
+      ),
       new Promise<undefined>((resolve) => {
         timer = setTimeout(() => resolve(undefined), deps.timeoutMs);
       }),

@@ -1,5 +1,6 @@
 import type { Client, Subscription } from "aedes";
 import type { Logger } from "../../bridge/logger.ts";
+import type { BridgedTopics } from "../../bridge/mappings.ts";
 import type { Identity, IdentityStore } from "../../storage/identities.ts";
 import { peerCertificateId, remoteAddress } from "../mqtt-server.ts";
 import { type Acl, compileAcl } from "./acl.ts";
@@ -32,9 +33,8 @@ export interface AccessOptions {
   directory: Pick<IdentityDirectory, "has">;
   /** Clients without credentials get everything (a loopback-only or deliberately open service). */
   anonymous: boolean;
-  /** The bridged filters: readers subscribe within them, devices publish under their id there. */
-  topics: readonly string[];
-  bridged(topic: string): boolean;
+  /** The bridged filters: readers subscribe within them, devices publish as themselves there. */
+  topics: BridgedTopics;
   logger: Logger;
 }
 
@@ -155,7 +155,7 @@ export function createAccess(options: AccessOptions) {
       .then((identity) => {
         if (!identity) return callback(null, true);
         bindClientId(client, identity);
-        const acl = compileAcl(identity, client.id, options.topics, options.bridged);
+        const acl = compileAcl(identity, client.id, options.topics);
         // aedes keeps the will in `_will` until authentication succeeds.
         const will = (client as Client & { _will?: { topic: string } })._will;
         if (will && (will.topic.startsWith("$SYS/") || !acl.canPublish(will.topic))) {

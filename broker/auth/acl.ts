@@ -1,4 +1,4 @@
-import { deviceIdOf } from "../../bridge/telemetry-message.ts";
+import type { BridgedTopics } from "../../bridge/mappings.ts";
 import type { Identity, Rule } from "../../storage/identities.ts";
 import { filterCovers, filtersOverlap, topicMatches } from "../topic-filter.ts";
 
@@ -43,7 +43,8 @@ function applies(rule: Rule, action: "publish" | "subscribe"): boolean {
  * identity: deny rules first, then what its role grants, then allow rules;
  * anything else is denied.
  *
- * - `device`: publishes on the bridged topics whose device level is its id,
+ * - `device`: publishes on the bridged topics whose device is its id (the
+ *   second level, or a mapping's device),
  *   and nowhere else unless a rule allows it; whatever a rule says, it never
  *   publishes a bridged topic of another device, so a stored row's device_id
  *   is always the identity that sent it. Subscribes to `commands/<id>/#`.
@@ -56,8 +57,7 @@ function applies(rule: Rule, action: "publish" | "subscribe"): boolean {
 export function compileAcl(
   identity: Pick<Identity, "id" | "role" | "rules">,
   clientId: string,
-  bridgedFilters: readonly string[],
-  bridged: (topic: string) => boolean,
+  topics: BridgedTopics,
 ): Acl {
   const compiled = identity.rules.map((rule) => ({
     rule,
@@ -78,7 +78,9 @@ export function compileAcl(
       )
         return false;
       if (identity.role === "admin") return true;
-      if (identity.role === "device" && bridged(topic)) return deviceIdOf(topic) === identity.id;
+      if (identity.role === "device" && topics.bridged(topic)) {
+        return topics.deviceOf(topic) === identity.id;
+      }
       return allowPublish.some(
         ({ filled }) => "pattern" in filled && topicMatches(filled.pattern, topic),
       );
@@ -91,7 +93,7 @@ export function compileAcl(
       )
         return false;
       if (identity.role === "admin") return true;
-      if (identity.role === "reader" && bridgedFilters.some((outer) => filterCovers(outer, filter)))
+      if (identity.role === "reader" && topics.filters.some((outer) => filterCovers(outer, filter)))
         return true;
       if (identity.role === "device" && filterCovers(inbox, filter)) return true;
       return allowSubscribe.some(

@@ -2,6 +2,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { CONFIG_VARIABLES, ConfigError, defaults, loadConfig } from "../../bridge/config.ts";
+import { Mappings } from "../../bridge/mappings.ts";
 
 describe("loadConfig", () => {
   it("uses the defaults when nothing is set", () => {
@@ -42,6 +43,7 @@ describe("loadConfig", () => {
       HTTP_PORT: "8081",
       HTTP_BODY_LIMIT_BYTES: "2048",
       BRIDGE_TOPICS: "telemetry/#, plant/+/sensors",
+      MAPPINGS_FILE: "mappings/tasmota.yaml",
       INGEST_TIMEOUT_MS: "5000",
       DATABASE_URL: "postgres://u:p@db:5432/x",
       DATA_DIR: "/var/lib/tb",
@@ -76,6 +78,7 @@ describe("loadConfig", () => {
       httpPort: 8081,
       httpBodyLimitBytes: 2048,
       bridgeTopics: ["telemetry/#", "plant/+/sensors"],
+      mappings: expect.any(Mappings),
       ingestTimeoutMs: 5000,
       databaseUrl: "postgres://u:p@db:5432/x",
       dataDir: "/var/lib/tb",

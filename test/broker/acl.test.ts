@@ -1,13 +1,13 @@
 import { describe, expect, it } from "vitest";
+import { bridgedTopics } from "../../bridge/mappings.ts";
 import { compileAcl } from "../../broker/auth/acl.ts";
-import { filterCovers, filtersOverlap, topicMatcher } from "../../broker/topic-filter.ts";
+import { filterCovers, filtersOverlap } from "../../broker/topic-filter.ts";
 import type { Identity, Rule } from "../../storage/identities.ts";
 
-const topics = ["telemetry/#", "plant/+/sensors/#"];
-const bridged = topicMatcher(topics);
+const topics = bridgedTopics(["telemetry/#", "plant/+/sensors/#"]);
 
 function acl(role: Identity["role"], rules: Rule[] = [], id = "dev-1", clientId = id) {
-  return compileAcl({ id, role, rules }, clientId, topics, bridged);
+  return compileAcl({ id, role, rules }, clientId, topics);
 }
 
 describe("topic filters", () => {
