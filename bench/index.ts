@@ -17,6 +17,7 @@ import {
   SHAPES,
   type Shape,
 } from "./pipeline.ts";
+import { benchReading } from "./reading.ts";
 import { benchWriters, ROUNDS, WRITERS } from "./writer.ts";
 
 const { values: args } = parseArgs({
@@ -112,6 +113,8 @@ async function main(serverUrl: string): Promise<void> {
   const writers = await benchWriters(serverUrl, rows, batch, progress);
   progress(`dedup window: ${windowKeys} keys…`);
   const window = benchDedupWindow(windowKeys);
+  progress("reading a message: default shape and mappings…");
+  const reading = benchReading(Math.max(20_000, messages * 5));
 
   const failed = pipeline.filter((r) => r.exactlyOnce === false);
   const databaseLimit = writers.results.find((r) => r.writer === WRITERS[2])?.rowsPerSecond ?? 0;
@@ -130,7 +133,9 @@ async function main(serverUrl: string): Promise<void> {
   });
 
   if (args.json) {
-    console.log(JSON.stringify({ pipeline, ratios, storm, batch, ...writers, window }, null, 2));
+    console.log(
+      JSON.stringify({ pipeline, ratios, storm, batch, ...writers, window, reading }, null, 2),
+    );
   } else {
     console.log(`\nend to end, QoS 1, ${fmt(messages)} messages a run, publish → PUBACK\n`);
     console.log(
@@ -185,6 +190,20 @@ async function main(serverUrl: string): Promise<void> {
     console.log(
       `\ndedup window: ${fmt(window.keys)} keys in ${fmt(window.heapMiB, 1)} MiB of heap, ${fmt(window.bytesPerKey)} bytes per key`,
     );
+    const ours = pipeline.find((r) => r.scenario === "ours");
+    const serviceMicroseconds =
+      ours?.cpuSeconds === undefined ? Number.NaN : (ours.cpuSeconds * 1e6) / ours.messages;
+    console.log(
+      `\nreading a message, in-process (the service spends ${fmt(serviceMicroseconds, 1)} µs of CPU per message in all, ${SHAPES[0]?.label})\n`,
+    );
+    console.log("| payload | µs per message | × default | service CPU per message, × default |");
+    console.log("|---|---:|---:|---:|");
+    const base = reading[0]?.microseconds ?? 0;
+    for (const r of reading) {
+      console.log(
+        `| ${r.label} | ${fmt(r.microseconds, 2)} | ${fmt(r.perDefault, 2)} | ${fmt((serviceMicroseconds - base + r.microseconds) / serviceMicroseconds, 2)} |`,
+      );
+    }
   }
   if (failed.length > 0) {
     throw new Error(
