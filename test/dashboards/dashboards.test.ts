@@ -86,7 +86,12 @@ describe("the Grafana dashboards", () => {
     odd.payload = Buffer.from(
       JSON.stringify({ event_id: odd.eventId, ts: now, temperature: "21.5 C", battery: null }),
     );
-    await Promise.all([...rows, odd].map((r) => writer.write(r)));
+    // A device in its own shape (a mapped topic): its fields are nested and named otherwise.
+    const nested = row("dash-tasmota", 1, now - 3000);
+    nested.payload = Buffer.from(
+      JSON.stringify({ Time: "2026-03-01T12:00:00", ENERGY: { Power: 45, Voltage: 230 }, seq: 9 }),
+    );
+    await Promise.all([...rows, odd, nested].map((r) => writer.write(r)));
     await writer.ingest({
       topic: "telemetry/dash-0/env",
       payload: Buffer.from("{"),
@@ -108,6 +113,7 @@ describe("the Grafana dashboards", () => {
           "dash-1",
           "dash-2",
           "dash-odd",
+          "dash-tasmota",
         ]);
         variables[variable.name] = result.rows[0]?.device_id ?? "";
       }
@@ -120,6 +126,15 @@ describe("the Grafana dashboards", () => {
           expect(result.rows.length, `panel "${panel.title}" returned no rows`).toBeGreaterThan(0);
         }
       }
+      const device = dashboard.panels.find((panel) => panel.title === "Device $device");
+      const fields = async (id: string) => {
+        const sql = expand(device?.targets[0]?.rawSql as string, from, to, { device: id });
+        const { rows: points } = await pool.query<{ metric: string }>(sql);
+        return [...new Set(points.map((point) => point.metric))].sort();
+      };
+      expect(await fields("dash-tasmota")).toEqual(["ENERGY.Power", "ENERGY.Voltage"]);
+      expect(await fields("dash-0")).toEqual(["temperature"]);
+      expect(await fields("dash-odd")).toEqual([]);
     }
   });
 
