@@ -59,13 +59,20 @@ export const CHECK_VIOLATION = "23514";
 
 /**
  * Errors caused by the content of one row: data exceptions (class 22), a
- * row no partition accepts, an index entry too large. Found, such a row is
- * dead-lettered and the rest of its batch is written.
+ * row no partition accepts, an index entry too large, a value nested past
+ * the server's stack (54001). Found, such a row is dead-lettered and the
+ * rest of its batch is written.
  */
 export function isRowError(error: unknown): boolean {
   const code = sqlstate(error);
   if (code === undefined) return false;
-  return code.startsWith("22") || code === CHECK_VIOLATION || code === "54000" || code === "23502";
+  return (
+    code.startsWith("22") ||
+    code === CHECK_VIOLATION ||
+    code === "54000" ||
+    code === "54001" ||
+    code === "23502"
+  );
 }
 
 /** The 0-based row of a COPY that PostgreSQL refused, from the error's context line. */

@@ -29,6 +29,7 @@ export type RejectReason =
   | "payload_not_object"
   | "payload_too_deep"
   | "payload_nul_character"
+  | "payload_lone_surrogate"
   | "event_id_missing"
   | "event_id_invalid"
   | "ts_missing"
@@ -124,16 +125,40 @@ export function parseIso(
   return inRange(local.getTime() - offsetMinutes * 60_000);
 }
 
-/** jsonb cannot hold U+0000; find it in any key or string before PostgreSQL refuses the batch. */
-function containsNul(value: unknown): boolean {
-  if (typeof value === "string") return value.includes("\u0000");
-  if (Array.isArray(value)) return value.some(containsNul);
-  if (value !== null && typeof value === "object") {
-    for (const [key, inner] of Object.entries(value)) {
-      if (key.includes("\u0000") || containsNul(inner)) return true;
+const HIGH_SURROGATE = /^[dD][89abAB]/;
+const LOW_SURROGATE = /^[dD][c-fC-F]/;
+
+/**
+ * jsonb refuses the escapes `\u0000` and a `\uD800`–`\uDFFF` that is not half
+ * of a pair, wherever they are: in a key, in a value, even in a value a
+ * later duplicate key replaces. So the text is read, not the parsed value;
+ * only text with a `\u` escape is read at all.
+ */
+function escapeRejection(text: string): Rejection | undefined {
+  for (let at = text.indexOf("\\u"); at !== -1; at = text.indexOf("\\u", at + 2)) {
+    let backslashes = 1;
+    while (text[at - backslashes] === "\\") backslashes++;
+    // `\\u0000` is an escaped backslash followed by the text "u0000".
+    if (backslashes % 2 === 0) continue;
+    const hex = text.slice(at + 2, at + 6);
+    if (hex === "0000") {
+      return new Rejection("payload_nul_character", "PostgreSQL jsonb cannot store \\u0000");
+    }
+    if (LOW_SURROGATE.test(hex)) {
+      return new Rejection("payload_lone_surrogate", `\\u${hex} is half of a surrogate pair alone`);
+    }
+    if (HIGH_SURROGATE.test(hex)) {
+      if (text.startsWith("\\u", at + 6) && LOW_SURROGATE.test(text.slice(at + 8, at + 12))) {
+        at += 6;
+      } else {
+        return new Rejection(
+          "payload_lone_surrogate",
+          `\\u${hex} is half of a surrogate pair alone`,
+        );
+      }
     }
   }
-  return false;
+  return undefined;
 }
 
 function codePoints(text: string): number {
@@ -187,7 +212,10 @@ export function payloadText(payload: Buffer, maxPayloadBytes: number): string | 
   return payload.toString("utf8");
 }
 
-/** Whether a parsed value can be stored as jsonb: nested at most MAX_JSON_DEPTH, without U+0000. */
+/**
+ * Whether parsed JSON and its text can be stored as jsonb: nested at most
+ * MAX_JSON_DEPTH, without U+0000 or a lone surrogate.
+ */
 export function jsonRejection(value: unknown, text: string): Rejection | undefined {
   if (nestsDeeperThan(value, MAX_JSON_DEPTH)) {
     return new Rejection(
@@ -195,10 +223,7 @@ export function jsonRejection(value: unknown, text: string): Rejection | undefin
       `arrays and objects nest deeper than ${MAX_JSON_DEPTH} levels`,
     );
   }
-  if (text.includes("\\u0000") && containsNul(value)) {
-    return new Rejection("payload_nul_character", "PostgreSQL jsonb cannot store \\u0000");
-  }
-  return undefined;
+  return text.includes("\\u") ? escapeRejection(text) : undefined;
 }
 
 /** Whether `eventId` can identify a message: 1–128 characters of Unicode, without U+0000. */

@@ -24,6 +24,7 @@ const FIELD: Partial<Record<RejectReason, string>> = {
   payload_too_large: "payload",
   payload_too_deep: "payload",
   payload_nul_character: "payload",
+  payload_lone_surrogate: "payload",
   not_authorized: "topic",
 };
 

@@ -126,6 +126,17 @@ describe("parseTelemetry", () => {
     expect(reason(`{"event_id":"${"😀".repeat(129)}","ts":0}`)).toBe("event_id_invalid");
   });
 
+  it("refuses the escapes jsonb cannot store, wherever they are", () => {
+    const ok = '"event_id":"a","ts":0';
+    expect(reason(`{${ok},"k":"\\ud800"}`)).toBe("payload_lone_surrogate");
+    expect(reason(`{${ok},"k":"x\\uDC00y"}`)).toBe("payload_lone_surrogate");
+    expect(reason(`{${ok},"\\ud83d":1}`)).toBe("payload_lone_surrogate");
+    // A later duplicate key hides the value from JSON.parse, not from PostgreSQL.
+    expect(reason(`{${ok},"a":"\\u0000","a":1}`)).toBe("payload_nul_character");
+    expect(reason(`{${ok},"k":"\\\\\\u0000"}`)).toBe("payload_nul_character");
+    expect(reason(`{${ok},"k":"\\ud83d\\ude00 \\u00e9 \\\\ud800"}`)).toBeUndefined();
+  });
+
   it("accepts an escaped backslash before u0000, which is not a NUL", () => {
     expect(reason(`{"event_id":"a","ts":0,"path":"C:\\\\u0000"}`)).toBeUndefined();
   });

@@ -111,22 +111,28 @@ describe("BatchWriter", () => {
     // jsonb refuses \u0000 and a lone surrogate; written directly, nothing screens them first.
     const nul = rows[300];
     const surrogate = rows[700];
-    if (!nul || !surrogate) throw new Error("unreachable");
+    const deep = rows[900];
+    if (!nul || !surrogate || !deep) throw new Error("unreachable");
     nul.payload = Buffer.from(nul.payload.toString().replace("}", ',"bad":"\\u0000"}'));
     surrogate.payload = Buffer.from(surrogate.payload.toString().replace("}", ',"bad":"\\ud800"}'));
+    // Past the server's stack: 54001, a fault of the row and not of the batch.
+    deep.payload = Buffer.from(
+      deep.payload.toString().replace("}", `,"bad":${"[".repeat(100_000)}${"]".repeat(100_000)}}`),
+    );
     const outcomes = await Promise.all(rows.map((r) => writer.write(r)));
-    expect(tally(outcomes)).toEqual({ stored: 998, rejected_database_refused: 2 });
+    expect(tally(outcomes)).toEqual({ stored: 997, rejected_database_refused: 3 });
+    expect(outcomes[900]).toMatchObject({ detail: expect.stringMatching(/^54001 /) });
     expect(outcomes[300]).toMatchObject({
       status: "rejected",
       detail: expect.stringMatching(/^22P05 /),
     });
     expect(
       await count(pool, "SELECT count(*) AS n FROM telemetry WHERE device_id = 'poison'"),
-    ).toBe(998);
+    ).toBe(997);
     const { rows: letters } = await pool.query(
       "SELECT topic, client_id, reason, payload FROM telemetry_rejected WHERE topic = 'telemetry/poison/env' ORDER BY id",
     );
-    expect(letters).toHaveLength(2);
+    expect(letters).toHaveLength(3);
     expect(letters.map((l) => l.payload)).toEqual(
       expect.arrayContaining([nul.payload, surrogate.payload]),
     );
