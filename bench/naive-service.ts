@@ -13,6 +13,7 @@ import { dayOf, Partitions } from "../bridge/partitions.ts";
 import { parseTelemetry, type RawMessage } from "../bridge/telemetry-message.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
 import { startMqttServer } from "../broker/mqtt-server.ts";
+import { topicMatcher } from "../broker/topic-filter.ts";
 import { insertValues } from "./writer.ts";
 
 const logger = pino({ level: "info" });
@@ -45,7 +46,7 @@ const hooks = createIngestHooks({
     submitLetter: (letter, receipt) =>
       receipt.settle({ status: "rejected", reason: letter.reason, detail: letter.detail }),
   },
-  topics: ["telemetry/#"],
+  bridged: topicMatcher(["telemetry/#"]),
   timeoutMs: 30_000,
   logger,
 });

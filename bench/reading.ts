@@ -3,13 +3,25 @@
  * the default shape against one message of each shipped mapping.
  */
 import { Mappings } from "../bridge/mappings.ts";
+import { DataType, encodePayload, type SparkplugMetric, scalarValue } from "../bridge/sparkplug.ts";
 import { parseTelemetry, type RawMessage } from "../bridge/telemetry-message.ts";
 
 const MAX_PAYLOAD_BYTES = 64 * 1024;
 const ROUNDS = 5;
 
+function sparkplug(timestamp: number, seq: number, metrics: SparkplugMetric[]): Buffer {
+  return Buffer.from(encodePayload({ timestamp, seq, metrics }));
+}
+
 /** One message as each ecosystem sends it, with the file that reads it. */
-const SAMPLES: { label: string; file?: string; topic: string; payload: string }[] = [
+const SAMPLES: {
+  label: string;
+  file?: string;
+  topic: string;
+  payload: string | Buffer;
+  /** Messages read first, once. */
+  before?: [string, Buffer][];
+}[] = [
   {
     label: "default shape",
     topic: "telemetry/device-17/env",
@@ -47,6 +59,36 @@ const SAMPLES: { label: string; file?: string; topic: string; payload: string }[
     payload: "21.5",
   },
   {
+    label: "sparkplug-b (DDATA by alias)",
+    file: "mappings/sparkplug-b.yaml",
+    topic: "spBv1.0/Plant1/DDATA/gw-7/Press-3",
+    payload: sparkplug(1772366400000, 2, [
+      { alias: 10, value: scalarValue(DataType.Float, 21.5) },
+      { alias: 11, value: scalarValue(DataType.Int32, 1200) },
+    ]),
+    // The names the DDATA's aliases stand for.
+    before: [
+      ["spBv1.0/Plant1/NBIRTH/gw-7", sparkplug(1772366399000, 0, [])],
+      [
+        "spBv1.0/Plant1/DBIRTH/gw-7/Press-3",
+        sparkplug(1772366399500, 1, [
+          {
+            name: "Temperature",
+            alias: 10,
+            datatype: DataType.Float,
+            value: scalarValue(DataType.Float, 21),
+          },
+          {
+            name: "Pressure",
+            alias: 11,
+            datatype: DataType.Int32,
+            value: scalarValue(DataType.Int32, 1100),
+          },
+        ]),
+      ],
+    ],
+  },
+  {
     label: "owntracks",
     file: "mappings/owntracks.yaml",
     topic: "owntracks/alice/phone",
@@ -74,17 +116,19 @@ function measure(read: (message: RawMessage) => unknown, message: RawMessage, it
 }
 
 export function benchReading(iterations: number): ReadingResult[] {
-  const results = SAMPLES.map(({ label, file, topic, payload }) => {
-    const message = {
-      topic,
-      payload: Buffer.from(payload),
+  const results = SAMPLES.map(({ label, file, topic, payload, before = [] }) => {
+    const raw = (on: string, bytes: string | Buffer): RawMessage => ({
+      topic: on,
+      payload: Buffer.from(bytes),
       clientId: "bench",
       receivedAtMs: Date.now(),
-    };
+    });
+    const message = raw(topic, payload);
     const mappings = file ? Mappings.load(file) : undefined;
     const read = mappings
       ? (m: RawMessage) => mappings.read(m, MAX_PAYLOAD_BYTES)
       : (m: RawMessage) => parseTelemetry(m, MAX_PAYLOAD_BYTES);
+    for (const [on, bytes] of before) read(raw(on, bytes));
     const first = read(message);
     if (!first?.ok) throw new Error(`${label}: the sample is not read: ${JSON.stringify(first)}`);
     return { label, microseconds: measure(read, message, iterations) };

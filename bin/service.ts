@@ -124,7 +124,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
 
     const hooks = createIngestHooks({
       ingest: writer,
-      topics: topics.filters,
+      bridged: topics.bridged,
       timeoutMs: config.ingestTimeoutMs,
       access,
       logger,

@@ -3,6 +3,12 @@ import fs from "node:fs";
 import YAML from "yaml";
 import { topicMatcher, validateFilter } from "../broker/topic-filter.ts";
 import {
+  decodePayload,
+  parseSparkplugTopic,
+  SparkplugAliases,
+  SparkplugError,
+} from "./sparkplug.ts";
+import {
   deviceIdOf,
   eventIdRejection,
   jsonRejection,
@@ -11,6 +17,7 @@ import {
   payloadText,
   type RawMessage,
   Rejection,
+  sizeRejection,
   topicRejection,
 } from "./telemetry-message.ts";
 import { isTimeZone, zoneOffset } from "./time-zone.ts";
@@ -22,7 +29,7 @@ import { isTimeZone, zoneOffset } from "./time-zone.ts";
  * it. Topics no entry matches are read as the default shape.
  */
 
-export const PAYLOAD_FORMATS = ["json", "scalar", "text"] as const;
+export const PAYLOAD_FORMATS = ["json", "scalar", "text", "sparkplug-b"] as const;
 export type PayloadFormat = (typeof PAYLOAD_FORMATS)[number];
 
 export const TIME_FORMATS = ["iso", "iso-local", "epoch-s", "epoch-ms", "epoch-us"] as const;
@@ -179,7 +186,7 @@ function compileEntry(raw: unknown, index: number): Mapping {
       "event_id needs a time from the payload: a row's identity includes its time, and a redelivery is received at another",
     );
   }
-  if (payload !== "json" && (eventId.length > 0 || time)) {
+  if ((payload === "scalar" || payload === "text") && (eventId.length > 0 || time)) {
     throw new Error(`a ${payload} payload has no fields: event_id and time cannot be read from it`);
   }
 
@@ -288,6 +295,9 @@ function readPayload(format: PayloadFormat, text: string, raw: Buffer): Stored |
 
 /** A validated mapping file, compiled for the ingest path. */
 export class Mappings {
+  /** Each Sparkplug B edge node's metric names, by the aliases its BIRTHs declared. */
+  private sparkplug: SparkplugAliases | undefined;
+
   private constructor(private readonly list: readonly Mapping[]) {}
 
   /** Reads `text` (YAML) from `file`; a problem is a MappingError naming the file, entry and reason. */
@@ -338,6 +348,11 @@ export class Mappings {
     return undefined;
   }
 
+  /** Whether a mapping reads `topic`: its filter matches, and no exclude of the entry does. */
+  reads(topic: string): boolean {
+    return this.match(topic) !== undefined;
+  }
+
   /** The device a mapped topic names, or undefined for a topic no mapping reads. */
   deviceOf(topic: string): string | undefined {
     const matched = this.match(topic);
@@ -350,6 +365,37 @@ export class Mappings {
   /** How rows of `topic` are told apart, or undefined for a topic no mapping reads. */
   identityOf(topic: string): Identity | undefined {
     return this.match(topic)?.mapping.identity;
+  }
+
+  /**
+   * A Sparkplug B message as JSON, its metrics named: a BIRTH declares the
+   * names of its aliases, which later DATA messages use alone. A DATA
+   * message with an alias no BIRTH declared (such as one sent before this
+   * process started) is refused whole, so that no reading is stored
+   * without its name; its raw bytes stay in the dead letter.
+   */
+  private readSparkplug(topic: string, bytes: Buffer): Stored | Rejection {
+    const parts = parseSparkplugTopic(topic);
+    if (parts === undefined || parts.type === "STATE") {
+      return new Rejection("topic_invalid", "not a Sparkplug B edge node or device topic");
+    }
+    try {
+      this.sparkplug ??= new SparkplugAliases();
+      const { document, unresolvedAliases } = this.sparkplug.ingest(parts, decodePayload(bytes));
+      if (unresolvedAliases.length > 0) {
+        return new Rejection(
+          "sparkplug_alias_unknown",
+          `${parts.type} uses aliases ${unresolvedAliases.join(", ")}, which no BIRTH of ${parts.edgeNode} declared since this process started; the edge node has to send its BIRTH again`,
+        );
+      }
+      const text = JSON.stringify(document);
+      return { value: document, text, bytes: Buffer.from(text) };
+    } catch (error) {
+      if (error instanceof SparkplugError) {
+        return new Rejection("payload_not_sparkplug", error.message);
+      }
+      throw error;
+    }
   }
 
   /** Reads a message by the first mapping that matches it; undefined when none does. */
@@ -371,9 +417,16 @@ export class Mappings {
     }
     const badTopic = topicRejection(topic);
     if (badTopic) return badTopic;
-    const text = payloadText(message.payload, maxPayloadBytes);
-    if (typeof text !== "string") return text;
-    const stored = readPayload(mapping.payload, text, message.payload);
+    let stored: Stored | Rejection;
+    if (mapping.payload === "sparkplug-b") {
+      stored =
+        sizeRejection(message.payload, maxPayloadBytes) ??
+        this.readSparkplug(topic, message.payload);
+    } else {
+      const text = payloadText(message.payload, maxPayloadBytes);
+      stored =
+        typeof text === "string" ? readPayload(mapping.payload, text, message.payload) : text;
+    }
     if (stored instanceof Rejection) return stored;
     const badJson = jsonRejection(stored.value, stored.text);
     if (badJson) return badJson;
@@ -412,16 +465,17 @@ export class Mappings {
 export interface BridgedTopics {
   /** BRIDGE_TOPICS, then the mappings' filters. */
   filters: readonly string[];
+  /** Whether a topic is stored: BRIDGE_TOPICS match it, or a mapping reads it (not excluded). */
   bridged(topic: string): boolean;
   /** The mapping's device for a mapped topic; else the topic's second level. */
   deviceOf(topic: string): string;
 }
 
 export function bridgedTopics(bridgeTopics: readonly string[], mappings?: Mappings): BridgedTopics {
-  const filters = [...bridgeTopics, ...(mappings?.filters ?? [])];
+  const byDefault = topicMatcher(bridgeTopics);
   return {
-    filters,
-    bridged: topicMatcher(filters),
+    filters: [...bridgeTopics, ...(mappings?.filters ?? [])],
+    bridged: mappings ? (topic) => byDefault(topic) || mappings.reads(topic) : byDefault,
     deviceOf: mappings ? (topic) => mappings.deviceOf(topic) ?? deviceIdOf(topic) : deviceIdOf,
   };
 }

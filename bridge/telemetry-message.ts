@@ -30,6 +30,8 @@ export type RejectReason =
   | "payload_too_deep"
   | "payload_nul_character"
   | "payload_lone_surrogate"
+  | "payload_not_sparkplug"
+  | "sparkplug_alias_unknown"
   | "event_id_missing"
   | "event_id_invalid"
   | "ts_missing"
@@ -200,14 +202,16 @@ export function topicRejection(topic: string): Rejection | undefined {
   return undefined;
 }
 
+export function sizeRejection(payload: Buffer, maxPayloadBytes: number): Rejection | undefined {
+  return payload.length > maxPayloadBytes
+    ? new Rejection("payload_too_large", `${payload.length} bytes; the limit is ${maxPayloadBytes}`)
+    : undefined;
+}
+
 /** The payload as text: at most `maxPayloadBytes` of UTF-8. */
 export function payloadText(payload: Buffer, maxPayloadBytes: number): string | Rejection {
-  if (payload.length > maxPayloadBytes) {
-    return new Rejection(
-      "payload_too_large",
-      `${payload.length} bytes; the limit is ${maxPayloadBytes}`,
-    );
-  }
+  const tooLarge = sizeRejection(payload, maxPayloadBytes);
+  if (tooLarge) return tooLarge;
   if (!isUtf8(payload)) return new Rejection("payload_not_utf8", "payload is not valid UTF-8");
   return payload.toString("utf8");
 }

@@ -2,7 +2,6 @@ import type { AedesPublishPacket, Client, ConnectPacket, PublishPacket } from "a
 import type { DeadLetter, Receipt, WriteOutcome } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
 import type { RawMessage } from "../bridge/telemetry-message.ts";
-import { topicMatcher } from "./topic-filter.ts";
 
 /** Where bridged messages go: the receipt is told once the message is committed. */
 export interface Ingest {
@@ -20,7 +19,8 @@ export interface PublishAccess {
 
 export interface IngestHookOptions {
   ingest: Ingest;
-  topics: readonly string[];
+  /** Whether a topic's messages are stored; others are only brokered. */
+  bridged(topic: string): boolean;
   /** Longest wait for a commit before the client is disconnected. */
   timeoutMs: number;
   access?: PublishAccess;
@@ -63,7 +63,7 @@ export class IngestTimeoutError extends Error {
  * resends once it reconnects.
  */
 export function createIngestHooks(options: IngestHookOptions) {
-  const bridged = topicMatcher(options.topics);
+  const { bridged } = options;
   const keepaliveMs = new WeakMap<Client, number>();
   const clients = new WeakMap<Client, ClientState>();
   /**

@@ -127,6 +127,8 @@ describe("Mappings.read", () => {
     expect(topics.filters).toEqual(["telemetry/#", "site/+/+/reading", "text/+"]);
     expect(topics.bridged("text/t1")).toBe(true);
     expect(topics.bridged("other/x")).toBe(false);
+    // An excluded topic is brokered, not stored.
+    expect(topics.bridged("site/test/d7/reading")).toBe(false);
     expect(topics.deviceOf("site/north/d7/reading")).toBe("north-d7");
     expect(topics.deviceOf("telemetry/dev-1/env")).toBe("dev-1");
   });

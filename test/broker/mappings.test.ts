@@ -1,6 +1,12 @@
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
+import {
+  DataType,
+  encodePayload,
+  type SparkplugMetric,
+  scalarValue,
+} from "../../bridge/sparkplug.ts";
 import { connectDevice, publishAcked } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
 import { startTestService } from "../helpers/service.ts";
@@ -64,6 +70,7 @@ describe("shipped mappings", () => {
         // A redelivery after a lost PUBACK: without an id or a time, a second row.
         ["zigbee2mqtt/kitchen_sensor", reading],
         ["zigbee2mqtt/bridge/state", '{"state":"online"}'],
+        ["zigbee2mqtt/bridge", "online"],
         ["zigbee2mqtt/bridge/info", '{"version":"1.40.0","coordinator":{"type":"zStack3x0"}}'],
         ["zigbee2mqtt/bridge/logging", '{"level":"info","message":"MQTT publish"}'],
         ["zigbee2mqtt/kitchen_sensor/availability", '{"state":"online"}'],
@@ -221,6 +228,86 @@ describe("shipped mappings", () => {
       ["alice/phone", "location", "2024-05-01T14:03:10.000Z"],
       ["alice/phone", "lwt", "2024-05-01T14:03:10.000Z"],
     ]);
+  });
+
+  it("sparkplug-b: metrics named by their BIRTH's aliases, (topic, timestamp, seq) as identity", async () => {
+    const T = Date.UTC(2024, 4, 1, 14);
+    const metric = (
+      name: string | undefined,
+      alias: number,
+      datatype: number,
+      value: number | boolean,
+    ) => ({
+      ...(name === undefined ? {} : { name, datatype }),
+      alias,
+      value: scalarValue(datatype, value),
+    });
+    const message = (timestamp: number, seq: number, metrics: SparkplugMetric[]) =>
+      Buffer.from(encodePayload({ timestamp, seq, metrics }));
+    const node = "spBv1.0/Plant1/NBIRTH/gw-7";
+    const device = (type: string, name = "Press-3") => `spBv1.0/Plant1/${type}/gw-7/${name}`;
+    const ddata = message(T + 2000, 2, [
+      metric(undefined, 10, DataType.Float, 22.25),
+      metric(undefined, 12, DataType.Int16, -7),
+    ]);
+    const rows = await ingest(
+      "mappings/sparkplug-b.yaml",
+      [
+        [node, message(T, 0, [metric("Uptime", 1, DataType.Int32, 100)])],
+        [
+          device("DBIRTH"),
+          message(T + 1000, 1, [
+            metric("Temperature", 10, DataType.Float, 21.5),
+            metric("Running", 11, DataType.Boolean, true),
+            metric("Count", 12, DataType.Int16, -5),
+          ]),
+        ],
+        [device("DDATA"), ddata],
+        [device("DDATA"), ddata],
+        // Aliases are per device: Press-4 sent no DBIRTH.
+        [
+          device("DDATA", "Press-4"),
+          message(T + 2500, 3, [metric(undefined, 10, DataType.Float, 1)]),
+        ],
+        [
+          "spBv1.0/Plant1/NDATA/gw-7",
+          message(T + 3000, 4, [metric(undefined, 1, DataType.Int32, 160)]),
+        ],
+        [device("DDATA"), Buffer.from([0x12, 0xff, 0x01])],
+        [
+          "spBv1.0/Plant1/NCMD/gw-7",
+          message(T + 3500, 0, [metric("Node Control/Rebirth", 0, DataType.Boolean, true)]),
+        ],
+        // A rebirth gives new aliases.
+        [node, message(T + 4000, 0, [metric("Uptime", 1, DataType.Int32, 200)])],
+        [device("DBIRTH"), message(T + 4100, 1, [metric("Temperature", 20, DataType.Float, 23)])],
+        [device("DDATA"), message(T + 5000, 2, [metric(undefined, 20, DataType.Float, 23.5)])],
+        [
+          "spBv1.0/Plant1/NDEATH/gw-7",
+          message(T + 6000, 0, [metric("bdSeq", 0, DataType.Int64, 0)]),
+        ],
+      ],
+      "spBv1.0/%",
+    );
+    const metrics = (row: StoredRow) =>
+      (row.payload as { metrics: Record<string, unknown> }).metrics;
+    expect(
+      rows.map((row) => [row.topic.split("/")[2], row.device_id, row.event_id, metrics(row)]),
+    ).toEqual([
+      ["NBIRTH", "gw-7", "0", { Uptime: 100 }],
+      ["DBIRTH", "gw-7/Press-3", "1", { Temperature: 21.5, Running: true, Count: -5 }],
+      ["DDATA", "gw-7/Press-3", "2", { Temperature: 22.25, Count: -7 }],
+      ["NDATA", "gw-7", "4", { Uptime: 160 }],
+      ["NBIRTH", "gw-7", "0", { Uptime: 200 }],
+      ["DBIRTH", "gw-7/Press-3", "1", { Temperature: 23 }],
+      ["DDATA", "gw-7/Press-3", "2", { Temperature: 23.5 }],
+      ["NDEATH", "gw-7", expect.stringMatching(/^[0-9a-f-]{36}$/), { bdSeq: 0 }],
+    ]);
+    expect(rows[2]?.time).toBe("2024-05-01T14:00:02.000Z");
+    expect(await rejected("spBv1.0/%")).toEqual({
+      sparkplug_alias_unknown: 1,
+      payload_not_sparkplug: 1,
+    });
   });
 
   it("takes an HTTP event on a mapped topic by its own id and time, with the mapping's device", async () => {
