@@ -17,7 +17,7 @@ import {
 
 const USAGE = `npm run devices -- <command>
 
-  add <id> [--role device|reader|admin] [--json]
+  add <id> [--role device|gateway|reader|admin] [--json]
       creates an identity; its secret is printed once, as the last line
   add --count N --prefix <prefix> [--role …] [--secrets-file FILE]
       creates <prefix>1 … <prefix>N; their secrets go to FILE (default

@@ -2,7 +2,7 @@ import type pg from "pg";
 import { generateSecret, hashSecret, secretLookup } from "../broker/auth/secrets.ts";
 import { validateFilter } from "../broker/topic-filter.ts";
 
-export const ROLES = ["device", "reader", "admin"] as const;
+export const ROLES = ["device", "gateway", "reader", "admin"] as const;
 export type Role = (typeof ROLES)[number];
 
 export const PERMISSIONS = ["allow", "deny"] as const;

@@ -48,6 +48,9 @@ function applies(rule: Rule, action: "publish" | "subscribe"): boolean {
  *   and nowhere else unless a rule allows it; whatever a rule says, it never
  *   publishes a bridged topic of another device, so a stored row's device_id
  *   is always the identity that sent it. Subscribes to `commands/<id>/#`.
+ * - `gateway`: publishes for the devices behind it, wherever its allow rules
+ *   say, bridged topics of any device included; subscribes to
+ *   `commands/<id>/#`.
  * - `reader`: subscribes within the bridged filters; publishes nothing.
  * - `admin`: everything.
  *
@@ -95,7 +98,11 @@ export function compileAcl(
       if (identity.role === "admin") return true;
       if (identity.role === "reader" && topics.filters.some((outer) => filterCovers(outer, filter)))
         return true;
-      if (identity.role === "device" && filterCovers(inbox, filter)) return true;
+      if (
+        (identity.role === "device" || identity.role === "gateway") &&
+        filterCovers(inbox, filter)
+      )
+        return true;
       return allowSubscribe.some(
         ({ filled }) => "pattern" in filled && filterCovers(filled.pattern, filter),
       );

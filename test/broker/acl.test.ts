@@ -85,6 +85,21 @@ describe("compileAcl", () => {
     expect(admin.canPublish("telemetry/dev-2/env")).toBe(true);
   });
 
+  it("lets a gateway publish for other devices only where its rules allow", () => {
+    const rules: Rule[] = [
+      { permission: "allow", action: "publish", pattern: "plant/+/sensors/#" },
+    ];
+    const gateway = acl("gateway", rules, "gw-1");
+    expect(gateway.canPublish("plant/press-3/sensors/t")).toBe(true);
+    expect(gateway.canPublish("telemetry/dev-2/env")).toBe(false);
+    expect(gateway.canPublish("telemetry/gw-1/env")).toBe(false);
+    expect(gateway.canSubscribe("commands/gw-1/#")).toBe(true);
+    expect(gateway.canSubscribe("telemetry/#")).toBe(false);
+    expect(acl("gateway", [], "gw-1").canPublish("plant/press-3/sensors/t")).toBe(false);
+    // A device's rule never reaches another device's bridged topic.
+    expect(acl("device", rules).canPublish("plant/press-3/sensors/t")).toBe(false);
+  });
+
   it("fills %u and %c, and never with a value that would widen a filter", () => {
     const rules: Rule[] = [
       { permission: "allow", action: "publish", pattern: "status/%u/%c" },

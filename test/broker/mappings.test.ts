@@ -1,3 +1,6 @@
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import type { Service } from "../../bin/service.ts";
@@ -7,6 +10,7 @@ import {
   type SparkplugMetric,
   scalarValue,
 } from "../../bridge/sparkplug.ts";
+import { IdentityStore } from "../../storage/identities.ts";
 import { connectDevice, publishAcked } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
 import { startTestService } from "../helpers/service.ts";
@@ -308,6 +312,66 @@ describe("shipped mappings", () => {
       sparkplug_alias_unknown: 1,
       payload_not_sparkplug: 1,
     });
+  });
+
+  it("with credentials, a device publishes only as its mapped self; a gateway for others where its rules allow", async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-mappings-"));
+    const file = path.join(dir, "fleet.yaml");
+    await fs.writeFile(
+      file,
+      [
+        await fs.readFile("mappings/zigbee2mqtt.yaml", "utf8"),
+        await fs.readFile("mappings/tasmota.yaml", "utf8"),
+      ].join("\n"),
+    );
+    const store = new IdentityStore(pool);
+    const secrets = new Map<string, string>();
+    for (const [id, role] of [
+      ["z2m-gw", "gateway"],
+      ["tasmota_AAA", "device"],
+      ["tasmota_BBB", "device"],
+    ] as const) {
+      secrets.set(id, (await store.add([id], role)).get(id) as string);
+    }
+    await store.addRule("z2m-gw", {
+      permission: "allow",
+      action: "publish",
+      pattern: "zigbee2mqtt/#",
+    });
+    const service = await startTestService(db.url, {
+      MAPPINGS_FILE: file,
+      ALLOW_ANONYMOUS: "false",
+    });
+    const time = '{"Time":"2024-07-01T12:00:00","SI7021":{"Temperature":24}}';
+    try {
+      const as = (id: string) =>
+        connectDevice(service.mqttPort, id, { username: id, password: secrets.get(id) });
+      const gateway = await as("z2m-gw");
+      const own = await as("tasmota_AAA");
+      const spoofer = await as("tasmota_BBB");
+      await publishAcked(gateway, "zigbee2mqtt/lamp_auth", '{"state":"ON"}');
+      await publishAcked(own, "tele/tasmota_AAA/SENSOR", time);
+      // Both acknowledged, neither stored: dead-lettered as not_authorized.
+      await publishAcked(spoofer, "tele/tasmota_AAA/SENSOR", time.replace("12:00", "12:01"));
+      await publishAcked(gateway, "tele/tasmota_AAA/SENSOR", time.replace("12:00", "12:02"));
+      await Promise.all([gateway, own, spoofer].map((client) => client.endAsync()));
+    } finally {
+      await service.close();
+      await fs.rm(dir, { recursive: true });
+    }
+    const { rows } = await pool.query(
+      `SELECT device_id, time FROM telemetry
+        WHERE topic IN ('zigbee2mqtt/lamp_auth', 'tele/tasmota_AAA/SENSOR') ORDER BY device_id`,
+    );
+    expect(rows).toEqual([
+      { device_id: "lamp_auth", time: expect.any(Date) },
+      { device_id: "tasmota_AAA", time: new Date("2024-07-01T10:00:00Z") },
+    ]);
+    const { rows: denied } = await pool.query(
+      `SELECT client_id FROM telemetry_rejected
+        WHERE reason = 'not_authorized' AND topic = 'tele/tasmota_AAA/SENSOR' ORDER BY client_id`,
+    );
+    expect(denied.map((row) => row.client_id)).toEqual(["tasmota_BBB", "z2m-gw"]);
   });
 
   it("takes an HTTP event on a mapped topic by its own id and time, with the mapping's device", async () => {
