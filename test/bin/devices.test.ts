@@ -122,7 +122,7 @@ describe("npm run devices", () => {
     expect(badId.stderr).toMatch(/invalid id "a\/b"/);
     const badRole = await devices(["add", "x", "--role", "root"]);
     expect(badRole.code).toBe(2);
-    expect(badRole.stderr).toMatch(/--role must be one of device, reader, admin/);
+    expect(badRole.stderr).toMatch(/--role must be one of device, gateway, reader, admin/);
     const badPattern = await devices(["allow", "cli-reader", "subscribe", "a/#/b"]);
     expect(badPattern.code).toBe(1);
     expect(badPattern.stderr).toMatch(/invalid pattern "a\/#\/b"/);
