@@ -3,6 +3,14 @@ import { redactUrl } from "../bridge/database.ts";
 import { createLogger } from "../bridge/logger.ts";
 import { type Service, startService } from "./service.ts";
 
+/**
+ * One signal often arrives twice within milliseconds: npm forwards the SIGINT
+ * or SIGTERM it receives, and the terminal (Ctrl-C) or `timeout` sends the
+ * same to the whole process group. A repeat this soon after the first is
+ * taken as the same signal; a later one forces the exit.
+ */
+const REPEAT_WINDOW_MS = 1000;
+
 /** `npm start`: everything on one machine, until SIGINT or SIGTERM. */
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -14,34 +22,43 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const logger = createLogger(config.logLevel);
+  const starting = startService(config, logger);
   let service: Service | undefined;
 
-  let signals = 0;
+  let firstSignalAt: number | undefined;
   const shutdown = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
+    const now = performance.now();
+    if (firstSignalAt !== undefined) {
+      if (now - firstSignalAt < REPEAT_WINDOW_MS) {
+        logger.info({ signal }, "same signal again within 1 s: still shutting down");
+        return;
+      }
       logger.warn({ signal }, "second signal: exiting without waiting");
       process.exit(1);
     }
+    firstSignalAt = now;
     logger.info({ signal }, "shutting down: committing what was received (signal again to force)");
-    const closing = service ? service.close() : Promise.resolve();
-    closing.then(
-      () => {
-        logger.info("stopped");
-        process.exit(0);
-      },
-      (error: unknown) => {
-        logger.error({ err: error }, "shutdown failed");
-        process.exit(1);
-      },
-    );
+    // A signal during start-up waits for it, so that what it started (the
+    // embedded PostgreSQL above all) is stopped too.
+    starting
+      .then((started) => started.close())
+      .then(
+        () => {
+          logger.info("stopped");
+          process.exit(0);
+        },
+        (error: unknown) => {
+          logger.error({ err: error }, "shutdown failed");
+          process.exit(1);
+        },
+      );
   };
   process.on("SIGINT", shutdown);
   process.on("SIGTERM", shutdown);
   // As for Mosquitto, SIGHUP re-reads the TLS certificates (their files are also watched).
   process.on("SIGHUP", () => service?.mqtt.reloadCertificates());
 
-  service = await startService(config, logger);
+  service = await starting;
   const host = (bound: string) =>
     bound === "127.0.0.1" || bound === "localhost" ? "localhost" : bound;
   const mqttUrl = `mqtt://${host(config.mqttHost)}:${service.mqttPort}`;

@@ -3,7 +3,13 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 
-export const MIGRATIONS_DIR = fileURLToPath(new URL("../migrations/", import.meta.url));
+/** The package's migrations/: one folder up from bridge/, two from the compiled dist/bridge/. */
+export const MIGRATIONS_DIR = fileURLToPath(
+  new URL(
+    import.meta.url.endsWith(".ts") ? "../migrations/" : "../../migrations/",
+    import.meta.url,
+  ),
+);
 
 /** Arbitrary, fixed: every process migrating this database takes the same lock. */
 const MIGRATION_LOCK = 7_352_114_020;

@@ -5,13 +5,17 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import YAML from "yaml";
 import { anonymousAllowed } from "../bin/service.ts";
-import { CONFIG_VARIABLES, loadConfig } from "../bridge/config.ts";
+import { CONFIG_VARIABLES, defaults, loadConfig } from "../bridge/config.ts";
+import { MIGRATIONS_DIR } from "../bridge/migrate.ts";
 import { parseOptions } from "../device-sim/options.ts";
+import { BUILT_FOLDERS, OUT_DIR, sourceOf } from "./helpers/build.ts";
+import { argsOf, execForm, healthcheck, readDockerfile, type Stage } from "./helpers/dockerfile.ts";
 
 interface Service {
   image?: string;
   build?: string;
-  environment?: Record<string, string>;
+  /** A variable without a value is passed through from the shell that runs compose. */
+  environment?: Record<string, string | null>;
   volumes?: string[];
   command?: string[];
   ports?: string[];
@@ -23,13 +27,26 @@ const compose = YAML.parse(await fs.readFile("docker-compose.yml", "utf8")) as {
 };
 const services = compose.services;
 
+/** The variables a service is given, without those passed through from the shell. */
+function setVariables(service: Service | undefined): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(service?.environment ?? {}).filter(
+      (entry): entry is [string, string] => entry[1] !== null,
+    ),
+  );
+}
+
+const bridgeConfig = loadConfig(setVariables(services.bridge));
+
 /**
  * The simulator's flags, with its credentials file (made inside the stack)
  * stood in for by a file of as many identities as the stack creates.
  */
 async function simOptions() {
   const script = services["sim-identities"]?.command?.at(-1) ?? "";
-  const match = /npx tsx (\S+) add --count (\d+) --prefix (\S+) --secrets-file (\S+)$/.exec(script);
+  const match = /exec node (\S+) add --count (\d+) --prefix (\S+) --secrets-file (\S+)$/.exec(
+    script,
+  );
   expect(match, script).not.toBeNull();
   const [, entry, count, prefix, file] = match as RegExpExecArray;
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-compose-"));
@@ -38,7 +55,7 @@ async function simOptions() {
     standIn,
     Array.from({ length: Number(count) }, (_, n) => `${prefix}${n + 1}:secret\n`).join(""),
   );
-  const args = (services.sim?.command ?? []).slice(3);
+  const args = (services.sim?.command ?? []).slice(2);
   expect(args).toContain(file);
   const options = parseOptions(
     args.map((arg) => (arg === file ? standIn : arg)),
@@ -66,24 +83,36 @@ describe("docker-compose.yml", () => {
   });
 
   it("sets only variables the service reads, to values it accepts", () => {
-    const environment = services.bridge?.environment ?? {};
-    for (const variable of Object.keys(environment)) expect(CONFIG_VARIABLES).toContain(variable);
-    const config = loadConfig(environment);
+    for (const variable of Object.keys(services.bridge?.environment ?? {})) {
+      expect(CONFIG_VARIABLES).toContain(variable);
+    }
     const postgres = services.postgres?.environment ?? {};
-    expect(config.databaseUrl).toBe(
+    expect(bridgeConfig.databaseUrl).toBe(
       `postgres://${postgres.POSTGRES_USER}:${postgres.POSTGRES_PASSWORD}@postgres:5432/${postgres.POSTGRES_DB}`,
     );
     expect(services.bridge?.ports).toEqual([
-      `${config.mqttPort}:${config.mqttPort}`,
-      `${config.httpPort}:${config.httpPort}`,
+      `${bridgeConfig.mqttPort}:${bridgeConfig.mqttPort}`,
+      `${bridgeConfig.httpPort}:${bridgeConfig.httpPort}`,
     ]);
   });
 
+  it("passes the limits and mappings through from the shell that runs compose", () => {
+    const environment = services.bridge?.environment ?? {};
+    const passedThrough = Object.keys(environment).filter((name) => environment[name] === null);
+    expect(passedThrough).toEqual(
+      expect.arrayContaining([
+        "MQTT_MAX_PACKET_BYTES",
+        "MQTT_MAX_CONNECTIONS",
+        "INGEST_TIMEOUT_MS",
+        "MAPPINGS_FILE",
+      ]),
+    );
+  });
+
   it("points Prometheus and Grafana at what the other services serve", async () => {
-    const config = loadConfig(services.bridge?.environment ?? {});
     const prometheus = YAML.parse(await fs.readFile("dashboards/prometheus.yml", "utf8"));
     expect(prometheus.scrape_configs[0].static_configs[0].targets).toEqual([
-      `bridge:${config.httpPort}`,
+      `bridge:${bridgeConfig.httpPort}`,
     ]);
     const sources = YAML.parse(
       await fs.readFile("dashboards/provisioning/datasources/telemetry-bridge.yml", "utf8"),
@@ -107,23 +136,20 @@ describe("docker-compose.yml", () => {
     );
   });
 
-  it("runs the simulator with flags it accepts, against the bridge", async () => {
-    const command = services.sim?.command ?? [];
-    expect(command.slice(0, 3)).toEqual(["npx", "tsx", "device-sim/cli.ts"]);
-    expect(existsSync(command[2] as string)).toBe(true);
+  it("runs the compiled simulator with flags it accepts, against the bridge", async () => {
+    const [node, entry] = services.sim?.command ?? [];
+    expect(node).toBe("node");
+    expect(sourceOf(entry as string), `${entry} is built`).toBe("device-sim/cli.ts");
     const { options } = await simOptions();
-    expect(options?.url).toBe(
-      `mqtt://bridge:${loadConfig(services.bridge?.environment ?? {}).mqttPort}`,
-    );
+    expect(options?.url).toBe(`mqtt://bridge:${bridgeConfig.mqttPort}`);
   });
 
   it("gives the simulator credentials, since the bridge listens beyond loopback", async () => {
-    const bridge = loadConfig(services.bridge?.environment ?? {});
-    expect(anonymousAllowed(bridge)).toBe(false);
+    expect(anonymousAllowed(bridgeConfig)).toBe(false);
     const provision = services["sim-identities"];
     const { options, entry, file } = await simOptions();
-    expect(existsSync(entry)).toBe(true);
-    expect(provision?.environment?.DATABASE_URL).toBe(bridge.databaseUrl);
+    expect(sourceOf(entry), `${entry} is built`).toBe("bin/devices.ts");
+    expect(provision?.environment?.DATABASE_URL).toBe(bridgeConfig.databaseUrl);
     // Every simulated device has an identity of its own.
     expect(options?.credentials?.length).toBeGreaterThanOrEqual(options?.devices ?? Infinity);
     const volume = file.split("/").slice(0, -1).join("/");
@@ -131,10 +157,108 @@ describe("docker-compose.yml", () => {
     expect(services.sim?.volumes).toContain(`simsecrets:${volume}:ro`);
   });
 
-  it("starts the service with the command `npm start` runs", async () => {
-    const dockerfile = await fs.readFile("Dockerfile", "utf8");
-    const pkg = JSON.parse(await fs.readFile("package.json", "utf8"));
-    expect(pkg.scripts.start).toBe("tsx bin/start.ts");
-    expect(dockerfile).toContain('CMD ["npx", "tsx", "bin/start.ts"]');
+  it("waits for the bridge to be healthy before starting the simulator", () => {
+    expect(services.sim?.depends_on).toMatchObject({ bridge: { condition: "service_healthy" } });
+  });
+});
+
+describe("Dockerfile", async () => {
+  const stages = await readDockerfile();
+  const build = stages.find((stage) => stage.name === "build") as Stage;
+  const final = stages.at(-1) as Stage;
+  const workdir = argsOf(final, "WORKDIR")[0] as string;
+  const pkg = JSON.parse(await fs.readFile("package.json", "utf8"));
+  const lock = JSON.parse(await fs.readFile("package-lock.json", "utf8"));
+
+  /** COPY's sources and destination, for copies from the build context. */
+  const copies = (stage: Stage) =>
+    argsOf(stage, "COPY")
+      .filter((args) => !args.startsWith("--from="))
+      .map((args) => {
+        const paths = args.split(" ");
+        return { sources: paths.slice(0, -1), destination: paths.at(-1) as string };
+      });
+
+  it("copies only files that exist", () => {
+    for (const stage of stages) {
+      for (const { sources } of copies(stage)) {
+        for (const source of sources) expect(existsSync(source), source).toBe(true);
+      }
+    }
+  });
+
+  it("builds dist/ from every folder the build compiles, with the dev dependencies", () => {
+    expect(stages).toHaveLength(2);
+    expect(argsOf(build, "RUN")).toContain("npm ci --no-audit --no-fund");
+    expect(argsOf(build, "RUN").at(-1)).toBe("npm run build");
+    const copied = copies(build).flatMap((copy) => copy.sources);
+    expect(copied).toEqual(expect.arrayContaining(["tsconfig.json", "tsconfig.build.json"]));
+    expect(copied).toEqual(expect.arrayContaining(BUILT_FOLDERS));
+  });
+
+  it("runs the compiled service, with its migrations and example mappings, as npm start does", () => {
+    const cmd = execForm(argsOf(final, "CMD")[0] as string);
+    expect(cmd[0]).toBe("node");
+    expect(sourceOf(cmd[1] as string), `${cmd[1]} is built`).toBe("bin/start.ts");
+    expect(pkg.scripts.start.endsWith(` && exec ${cmd.join(" ")}`), pkg.scripts.start).toBe(true);
+    expect(argsOf(final, "COPY")).toContain(`--from=build ${workdir}/${OUT_DIR} ${OUT_DIR}`);
+    const migrations = path.relative(process.cwd(), MIGRATIONS_DIR);
+    expect(copies(final)).toContainEqual({ sources: [migrations], destination: migrations });
+    expect(copies(final)).toContainEqual({ sources: ["mappings"], destination: "mappings" });
+    // "type": "module" makes node load dist/ as ES modules.
+    expect(copies(final)[0]?.sources).toContain("package.json");
+    expect(pkg.type).toBe("module");
+  });
+
+  it("installs no dev dependency, compiler or TypeScript runner in the final stage", () => {
+    expect(argsOf(final, "RUN")[0]).toMatch(/^npm ci --omit=dev /);
+    expect(argsOf(final, "COPY").filter((args) => args.startsWith("--from="))).toEqual([
+      `--from=build ${workdir}/${OUT_DIR} ${OUT_DIR}`,
+    ]);
+    for (const name of ["typescript", "tsx", "esbuild", "vitest", "@biomejs/biome"]) {
+      expect(lock.packages[`node_modules/${name}`]?.dev, `${name} is dev-only`).toBe(true);
+    }
+    expect(Object.keys(pkg.dependencies)).not.toContain("tsx");
+  });
+
+  it("installs every package the compiled service imports", async () => {
+    const imported = new Set<string>();
+    for (const folder of BUILT_FOLDERS) {
+      for (const file of await fs.readdir(folder, { recursive: true })) {
+        if (!file.endsWith(".ts")) continue;
+        const source = await fs.readFile(path.join(folder, file), "utf8");
+        // Type-only imports are erased by the build.
+        for (const [, specifier] of source.matchAll(
+          /^(?:import|export) (?!type )[^;]*?from "([^".][^"]*)"/gm,
+        )) {
+          if (!specifier?.startsWith("node:")) {
+            imported.add(specifier?.match(/^(@[^/]+\/)?[^/]+/)?.[0] as string);
+          }
+        }
+      }
+    }
+    expect(imported.size).toBeGreaterThan(0);
+    for (const name of imported) expect(pkg.dependencies, name).toHaveProperty([name]);
+  });
+
+  it("runs as a user other than root, who may write DATA_DIR", () => {
+    const user = argsOf(final, "USER").at(-1);
+    expect(user).toBeDefined();
+    expect(["root", "0"]).not.toContain(user);
+    const dataDir = defaults.dataDir;
+    expect(argsOf(final, "RUN")).toContain(`mkdir ${dataDir} && chown ${user}:${user} ${dataDir}`);
+  });
+
+  it("checks /health on the HTTP port it exposes", async () => {
+    const env = Object.fromEntries(
+      argsOf(final, "ENV")
+        .flatMap((args) => args.split(" "))
+        .map((pair) => pair.split("=") as [string, string]),
+    );
+    const config = loadConfig(env);
+    expect(argsOf(final, "EXPOSE")).toEqual([`${config.mqttPort} ${config.httpPort}`]);
+    const check = await healthcheck();
+    expect(check.slice(0, 2)).toEqual(["node", "-e"]);
+    expect(check[2]).toContain("process.env.HTTP_PORT + '/health'");
   });
 });

@@ -21,15 +21,29 @@ export interface ServiceProcess {
   exited: Promise<number | null>;
 }
 
-/** `npm start` (or another entry point) as a child process; resolves once it logs "ready". */
-export async function spawnService(
+/**
+ * The service from its sources (or another entry point) as a child process;
+ * resolves once it logs "ready".
+ */
+export function spawnService(
   env: Record<string, string>,
   entry = "bin/start.ts",
 ): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", entry], {
-    env: { ...process.env, LOG_LEVEL: "info", HTTP_PORT: "0", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
+  return spawnUntilReady(process.execPath, ["--import", "tsx", entry], {
+    ...process.env,
+    LOG_LEVEL: "info",
+    HTTP_PORT: "0",
+    ...env,
   });
+}
+
+/** Any command that runs the service as a child process; resolves once the service logs "ready". */
+export async function spawnUntilReady(
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<ServiceProcess> {
+  const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "pipe"] });
   const output: string[] = [];
   const exited = once(child, "exit").then(([code]) => code as number | null);
   const ready = new Promise<void>((resolve, reject) => {
