@@ -88,6 +88,16 @@ async function expectGone(started: Started): Promise<void> {
   expect(await refused(started.httpPort), `HTTP port ${started.httpPort}`).toBe(true);
 }
 
+/** A SIGTERM to npm gives one graceful shutdown: exit 0, and nothing left running. */
+async function expectOneShutdown(started: Started): Promise<void> {
+  started.child.kill("SIGTERM");
+  expect(await started.exited).toBe(0);
+  expect(logged(started, "shutting down")).toHaveLength(1);
+  expect(logged(started, "stopped")).toHaveLength(1);
+  expect(logged(started, "second signal")).toEqual([]);
+  await expectGone(started);
+}
+
 /** The Dockerfile's HEALTHCHECK, run against the service on `httpPort`: its exit code. */
 async function checkHealth(httpPort: number): Promise<number | null> {
   const [command, ...args] = (await healthcheck()) as [string, ...string[]];
@@ -110,24 +120,12 @@ describe("npm start", () => {
   });
 
   it("shuts down once on a SIGTERM to npm: stopped, exit 0, ports free, no process left", async () => {
-    const started = await npmStart({ DATABASE_URL: db.url });
-    started.child.kill("SIGTERM");
-    expect(await started.exited).toBe(0);
-    expect(logged(started, "shutting down")).toHaveLength(1);
-    expect(logged(started, "stopped")).toHaveLength(1);
-    expect(logged(started, "second signal")).toEqual([]);
-    await expectGone(started);
+    await expectOneShutdown(await npmStart({ DATABASE_URL: db.url }));
   });
 
   it("shuts down once under timeout, which signals npm and then its whole process group", async () => {
-    const started = await npmStart({ DATABASE_URL: db.url }, ["timeout", "600"]);
     // timeout sends what it receives on, as it does when its time is up.
-    started.child.kill("SIGTERM");
-    expect(await started.exited).toBe(0);
-    expect(logged(started, "shutting down")).toHaveLength(1);
-    expect(logged(started, "stopped")).toHaveLength(1);
-    expect(logged(started, "second signal")).toEqual([]);
-    await expectGone(started);
+    await expectOneShutdown(await npmStart({ DATABASE_URL: db.url }, ["timeout", "600"]));
   });
 
   it("exits at once on a second signal sent after the first one's second", async () => {
