@@ -2,6 +2,7 @@ import mqtt from "mqtt";
 import { deviceIdentity, FleetCounters } from "./device.ts";
 import { type FleetRun, runFleet } from "./fleet.ts";
 import { helpText, parseOptions, type SimOptions, UsageError } from "./options.ts";
+import { identityWarning, startLine } from "./profiles/index.ts";
 import { showProgress } from "./progress.ts";
 import { ConnectionRefused, refusalCode } from "./refusal.ts";
 import { formatSummary, summarize } from "./summary.ts";
@@ -44,6 +45,12 @@ async function main(): Promise<number> {
   if (!options) {
     console.log(helpText());
     return 0;
+  }
+  if (options.profile) {
+    console.error(startLine(options.profile));
+    const { deviceId, login } = deviceIdentity(options, 0);
+    const warning = identityWarning(options.profile, deviceId, login);
+    if (warning) console.error(warning);
   }
   try {
     await probe(options);

@@ -1,9 +1,9 @@
 import mqtt from "mqtt";
-import { badPayload, pickBadKind } from "./faults.ts";
 import type { Login, SimOptions } from "./options.ts";
 import { Random } from "./random.ts";
 import { ConnectionRefused, refusalCode, SERVER_UNAVAILABLE } from "./refusal.ts";
 import { Sensors } from "./sensors.ts";
+import { DefaultShape, ProfileShape, type Shape } from "./shape.ts";
 
 const HOUR_MS = 3_600_000;
 
@@ -46,17 +46,23 @@ export function deviceIdentity(
 /**
  * One simulated device: its own MQTT connection (persistent session, so the
  * client resends what was not acknowledged when it reconnects), its own
- * sensors and clock, and the faults it was asked to inject.
+ * sensors and clock, the shape of its messages, and the faults it was asked
+ * to inject.
  */
 export class SimDevice {
   readonly deviceId: string;
-  readonly topic: string;
-  /** Its event ids are this and a seq: the run id is in it, as an identity's device id outlives a run. */
+  /** In the default shape, its event ids are this and a seq: the run id is in it, as an identity's device id outlives a run. */
   readonly eventPrefix: string;
-  /** Events the broker acknowledged (QoS 1) or that were written out (QoS 0). */
-  readonly delivered = new Set<string>();
+  readonly shape: Shape;
+  /**
+   * The keys of the events the broker acknowledged (QoS 1) or that were
+   * written out (QoS 0), with how many did: events without an id or a time
+   * can share a key.
+   */
+  readonly delivered = new Map<string, number>();
+  /** Keys of messages sent and not (yet) acknowledged. */
+  readonly unacked = new Set<string>();
   private readonly random: Random;
-  private readonly sensors: Sensors;
   private readonly clockOffsetMs: number;
   private readonly login: Login | undefined;
   private client: mqtt.MqttClient | undefined;
@@ -77,16 +83,17 @@ export class SimDevice {
     private readonly counters: FleetCounters,
   ) {
     ({ deviceId: this.deviceId, login: this.login } = deviceIdentity(options, index));
-    this.topic = `${options.topicPrefix}/${this.deviceId}/env`;
     this.eventPrefix = `${this.deviceId}-${options.runId}-`;
     this.random = new Random(options.seed + index * 7919);
-    this.sensors = new Sensors(this.random);
+    const sensors = new Sensors(this.random);
     this.clockOffsetMs = this.random.between(-1, 1) * options.clockSkewS * 1000;
-  }
-
-  /** Events this device has published so far: event ids run from 0 to this, excluded. */
-  get published(): number {
-    return this.seq;
+    this.shape = options.profile
+      ? new ProfileShape(
+          options.profile,
+          { deviceId: this.deviceId, login: this.login, random: this.random, sensors },
+          options.runId,
+        )
+      : new DefaultShape(this.deviceId, this.eventPrefix, options, this.random, sensors);
   }
 
   /**
@@ -170,14 +177,9 @@ export class SimDevice {
 
   private publishNext(): void {
     if (this.random.chance(this.options.badRate)) {
-      const payload = badPayload(
-        pickBadKind(this.random),
-        this.options.runId,
-        this.seq,
-        this.now(),
-      );
+      const payload = this.shape.bad(this.seq, this.now());
       this.counters.badSent++;
-      this.publish(payload, () => {
+      this.publish(payload, undefined, () => {
         this.counters.badAcked++;
       });
     } else {
@@ -191,39 +193,40 @@ export class SimDevice {
 
   private publishEvent(): void {
     const seq = this.seq++;
-    const eventId = `${this.eventPrefix}${seq}`;
     let timeMs = this.now();
-    if (this.random.chance(this.options.lateRate)) {
+    const late = this.random.chance(this.options.lateRate);
+    if (late) {
       timeMs -= this.random.between(1, 72) * HOUR_MS;
       this.counters.lateSent++;
     }
-    const payload = Buffer.from(
-      JSON.stringify({
-        event_id: eventId,
-        ts: new Date(timeMs).toISOString(),
-        seq,
-        device: this.deviceId,
-        ...this.sensors.read(timeMs),
-      }),
-    );
+    const { payload, key } = this.shape.event(seq, timeMs, late);
     this.counters.uniqueSent++;
-    this.publish(payload, () => {
-      this.delivered.add(eventId);
+    this.publish(payload, key, () => {
+      this.delivered.set(key, (this.delivered.get(key) ?? 0) + 1);
       this.counters.uniqueAcked++;
       if (this.producing && this.random.chance(this.options.dupRate)) {
         // The application sends an acknowledged event again, as after a lost ack in its own queue.
         this.counters.duplicatesSent++;
-        this.publish(payload, () => {});
+        this.publish(payload, key, () => {});
       }
     });
   }
 
-  private publish(payload: Buffer, onAcked: () => void): void {
+  private publish(payload: Buffer, key: string | undefined, onAcked: () => void): void {
     if (!this.client) return;
     this.counters.sent++;
     this.inflight++;
     this.counters.inflight++;
-    this.send(this.client, payload, onAcked, performance.now());
+    if (key !== undefined) this.unacked.add(key);
+    this.send(
+      this.client,
+      payload,
+      () => {
+        if (key !== undefined) this.unacked.delete(key);
+        onAcked();
+      },
+      performance.now(),
+    );
   }
 
   private send(
@@ -233,7 +236,7 @@ export class SimDevice {
     sentAt: number,
   ): void {
     const qos = this.options.qos;
-    client.publish(this.topic, payload, { qos }, (error) => {
+    client.publish(this.shape.topic, payload, { qos }, (error) => {
       if (error && qos === 1 && !this.stopped) {
         // mqtt.js fails the publishes it queued while resending its session
         // when the connection drops again meanwhile (and, until it reconnects,

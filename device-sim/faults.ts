@@ -1,3 +1,4 @@
+import type { FieldPath, Profile } from "./profiles/profile.ts";
 import type { Random } from "./random.ts";
 
 export const BAD_KINDS = ["not_json", "no_event_id", "bad_ts", "wrong_types", "oversized"] as const;
@@ -41,4 +42,56 @@ export function badPayload(kind: BadKind, runId: string, seq: number, timeMs: nu
 
 export function pickBadKind(random: Random): BadKind {
   return random.pick(BAD_KINDS);
+}
+
+/** Malformed messages in a profile's own shape: each fails what its mapping reads. */
+export type ShapedBadKind = "not_json" | "oversized" | "no_time" | "bad_time" | "no_event_id";
+
+/** The malformed messages a profile's devices can send: none for bare values, which any bytes are. */
+export function shapedBadKinds(profile: Profile): ShapedBadKind[] {
+  if (profile.payload === "bare value") return [];
+  return [
+    "not_json",
+    "oversized",
+    ...(profile.time ? (["no_time", "bad_time"] as const) : []),
+    ...(profile.eventId ? (["no_event_id"] as const) : []),
+  ];
+}
+
+function setField(body: Record<string, unknown>, path: FieldPath, value: unknown): void {
+  let parent = body;
+  for (const key of path.slice(0, -1)) parent = parent[key] as Record<string, unknown>;
+  const last = path.at(-1) as string;
+  if (value === undefined) delete parent[last];
+  else parent[last] = value;
+}
+
+/**
+ * A message of the profile (`body`, a JSON object) malformed as `kind`, one
+ * of its shapedBadKinds, and marked with its run.
+ */
+export function shapedBadPayload(
+  kind: ShapedBadKind,
+  body: Record<string, unknown>,
+  profile: Profile,
+  runId: string,
+): Buffer {
+  const marked: Record<string, unknown> = { run: runId, ...structuredClone(body) };
+  switch (kind) {
+    case "not_json":
+      return Buffer.from(JSON.stringify(marked).slice(0, -1));
+    case "oversized":
+      return Buffer.from(JSON.stringify({ ...marked, blob: "x".repeat(96 * 1024) }));
+    case "no_time":
+    case "bad_time":
+      setField(
+        marked,
+        profile.time?.field as FieldPath,
+        kind === "bad_time" ? "yesterday at noon" : undefined,
+      );
+      return Buffer.from(JSON.stringify(marked));
+    case "no_event_id":
+      setField(marked, profile.eventId as FieldPath, undefined);
+      return Buffer.from(JSON.stringify(marked));
+  }
 }

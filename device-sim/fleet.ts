@@ -6,6 +6,9 @@ export interface FleetRun {
   devices: SimDevice[];
   counters: FleetCounters;
   seconds: number;
+  /** When the first device started and the last one finished, in epoch milliseconds. */
+  startedAt: number;
+  endedAt: number;
 }
 
 /**
@@ -22,6 +25,7 @@ export async function runFleet(
     { length: options.devices },
     (_, i) => new SimDevice(i, options, counters),
   );
+  const startedAt = Date.now();
   const started = performance.now();
   const stepMs = (options.rampS * 1000) / options.devices;
   let refused: unknown;
@@ -38,5 +42,11 @@ export async function runFleet(
   }
   await Promise.all(runs);
   if (refused) throw refused;
-  return { devices, counters, seconds: (performance.now() - started) / 1000 };
+  return {
+    devices,
+    counters,
+    seconds: (performance.now() - started) / 1000,
+    startedAt,
+    endedAt: Date.now(),
+  };
 }

@@ -1,11 +1,27 @@
 import fs from "node:fs";
 import { parseArgs } from "node:util";
+import { MappingError } from "../bridge/mappings.ts";
+import {
+  maxRate,
+  type OpenProfile,
+  openProfile,
+  PROFILES,
+  profilesHelp,
+  refusedFlags,
+} from "./profiles/index.ts";
 
 /** Every flag of the simulator: its default and what it does; `--help` prints this table. */
 const FLAGS = {
   url: { default: "mqtt://localhost:1883", help: "broker URL" },
+  profile: {
+    default: "default",
+    help: `what the devices publish: ${["default", ...PROFILES.map((profile) => profile.name)].join(", ")}; each but default is stored by a service started with its MAPPINGS_FILE (Profiles, below)`,
+  },
   devices: { default: "100", help: "simulated devices, each its own MQTT connection" },
-  rate: { default: "1", help: "messages per second per device (fractions allowed)" },
+  rate: {
+    default: "1",
+    help: `messages per second per device (fractions allowed); at most ${PROFILES.flatMap((profile) => (maxRate(profile) ? [`${maxRate(profile)} for ${profile.name}`] : [])).join(", ")}, whose devices never repeat a time (Profiles, below)`,
+  },
   duration: { default: "10", help: "seconds each device publishes (ignored with --count)" },
   count: {
     default: "",
@@ -25,7 +41,10 @@ const FLAGS = {
     shown: "random",
     help: "tag in every event_id, and in the device ids that are not identities",
   },
-  "topic-prefix": { default: "telemetry", help: "first topic level: <prefix>/<device_id>/env" },
+  "topic-prefix": {
+    default: "telemetry",
+    help: "first topic level of the default profile: <prefix>/<device_id>/env",
+  },
   "clock-skew": { default: "0", help: "device clocks are off by up to ± this many seconds" },
   "dup-rate": {
     default: "0",
@@ -45,7 +64,7 @@ const FLAGS = {
   username: {
     default: "",
     shown: "none",
-    help: "every device logs in as this identity: one device is the identity itself; several are sim-<run-id>-<n> and need an admin identity (a device identity is bound to one connection)",
+    help: "every device logs in as this identity: one device is the identity itself; several are sim-<run-id>-<n> and need an admin identity, or a gateway its rules allow (a device identity is bound to one connection)",
   },
   password: {
     default: "",
@@ -55,7 +74,7 @@ const FLAGS = {
   verify: {
     default: "",
     shown: "off",
-    help: "after the run, check that PostgreSQL at this URL (or $DATABASE_URL with --verify env) holds each acknowledged event once",
+    help: "after the run, check that PostgreSQL at this URL (or $DATABASE_URL with --verify env) holds each acknowledged event once (at least once for a profile without id or time)",
   },
   json: { default: "", shown: "off", help: "print the summary as JSON", boolean: true },
   help: { default: "", shown: "off", help: "show this help", boolean: true },
@@ -92,6 +111,8 @@ export interface SimOptions {
   login: Login | undefined;
   verifyUrl: string | undefined;
   json: boolean;
+  /** --profile and its mapping file; undefined for the default shape. */
+  profile: OpenProfile | undefined;
 }
 
 export class UsageError extends Error {
@@ -111,8 +132,11 @@ export function helpText(): string {
     "",
     ...lines,
     "",
+    ...profilesHelp(),
+    "",
     "Examples: npm run sim -- --devices 1000 --rate 2 --duration 30 --dup-rate 0.05 --verify env",
     "          npm run sim -- --credentials secrets.txt --rate 2 --duration 30 --verify env",
+    "          MAPPINGS_FILE=mappings/tasmota.yaml npm start, then npm run sim -- --profile tasmota --verify env",
   ].join("\n");
 }
 
@@ -235,7 +259,7 @@ export function parseOptions(
       `--credentials: ${credentialsFile} holds ${credentials.length} identities, and --devices ${devices} needs one each`,
     );
   }
-  return {
+  const options: SimOptions = {
     url,
     devices,
     rate: number("rate", get("rate"), 0.001, 10_000),
@@ -258,5 +282,44 @@ export function parseOptions(
     login: username ? { username, password } : undefined,
     verifyUrl,
     json: values.json === true,
+    profile: readProfile(get("profile")),
   };
+  if (options.profile) {
+    checkProfile(options, options.profile, (flag) => get(flag) !== FLAGS[flag].default);
+  }
+  return options;
+}
+
+function readProfile(name: string): OpenProfile | undefined {
+  if (name === "default") return undefined;
+  const profile = PROFILES.find((candidate) => candidate.name === name);
+  if (!profile) {
+    const names = ["default", ...PROFILES.map((candidate) => candidate.name)];
+    throw new UsageError(`--profile must be one of ${names.join(", ")} (got "${name}")`);
+  }
+  try {
+    return openProfile(profile);
+  } catch (error) {
+    if (!(error instanceof MappingError)) throw error;
+    throw new UsageError(`--profile ${name}: ${error.message}`);
+  }
+}
+
+/** Refuses what a profile's devices cannot do. */
+function checkProfile(
+  options: SimOptions,
+  { profile }: OpenProfile,
+  given: (flag: Flag) => boolean,
+): void {
+  for (const { flag, reason } of refusedFlags(profile)) {
+    if (given(flag as Flag)) {
+      throw new UsageError(`--profile ${profile.name} takes no --${flag}: ${reason}`);
+    }
+  }
+  const max = maxRate(profile);
+  if (max !== undefined && options.rate > max) {
+    throw new UsageError(
+      `--rate ${options.rate}: a ${profile.name} device sends at most ${max} message${max === 1 ? "" : "s"} a second, as it never repeats a ${profile.time?.field.join(".")} on its topic`,
+    );
+  }
 }

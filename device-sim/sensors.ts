@@ -46,3 +46,8 @@ export class Sensors {
     };
   }
 }
+
+/** A battery's charge in percent, as devices report it: 3.0 V empty, 4.2 V full. */
+export function batteryPercent(volts: number): number {
+  return Math.round(Math.min(100, Math.max(0, ((volts - 3.0) / 1.2) * 100)));
+}

@@ -9,6 +9,7 @@ export interface Verification {
   expected: number;
   stored: number;
   missing: number;
+  /** Events stored twice; for a profile without id or time, rows beyond one per event (allowed). */
   duplicated: number;
   /** Rows of this run's devices that no acknowledged event accounts for. */
   unexpected: number;
@@ -18,10 +19,224 @@ export interface Verification {
 }
 
 /**
- * Checks that PostgreSQL holds exactly the run's acknowledged unique events,
- * each once, and that every acknowledged malformed message was dead-lettered.
- * With QoS 0 nothing is acknowledged, so a missing event is reported but
- * allowed; a duplicate never is.
+ * The service's clock and the simulator's may differ a little: rows received
+ * this long before or after the run count as the run's.
+ */
+const CLOCK_MARGIN_MS = 10_000;
+
+/** What PostgreSQL holds of a run's events. */
+interface Tally {
+  expected: number;
+  stored: number;
+  /** An entry per delivered event without a row. */
+  missing: string[];
+  /** An entry per row beyond one per delivered event. */
+  duplicated: string[];
+  unexpected: number;
+  /** Rows that no message of the run accounts for, acknowledged or not. */
+  strangers: string[];
+}
+
+/** The devices' keys, prefixed with their topic where keys of two devices can be alike. */
+function keysOf(run: FleetRun, byTopic: boolean): { delivered: Set<string>; unacked: Set<string> } {
+  const delivered = new Set<string>();
+  const unacked = new Set<string>();
+  for (const device of run.devices) {
+    const scope = byTopic ? `${device.shape.topic} ` : "";
+    for (const key of device.delivered.keys()) delivered.add(scope + key);
+    for (const key of device.unacked) unacked.add(scope + key);
+  }
+  return { delivered, unacked };
+}
+
+/** Compares the run's rows, counted by key, with the keys it sent: each event has one row. */
+function tallyByKey(
+  { delivered, unacked }: { delivered: Set<string>; unacked: Set<string> },
+  found: Map<string, number>,
+): Tally {
+  const unexpected = [...found.keys()].filter((key) => !delivered.has(key));
+  return {
+    expected: delivered.size,
+    stored: found.size,
+    missing: [...delivered].filter((key) => !found.has(key)),
+    duplicated: [...found].filter(([, copies]) => copies > 1).map(([key]) => key),
+    unexpected: unexpected.length,
+    // Sent but never acknowledged (the run ended or the connection dropped first) may be stored or not.
+    strangers: unexpected.filter((key) => !unacked.has(key)),
+  };
+}
+
+/**
+ * The default shape: a device id that is an identity outlives the run, so
+ * this run's rows are those whose event id is the device's prefix (with the
+ * run id) and a seq.
+ */
+async function tallyRunEvents(client: pg.Client, run: FleetRun): Promise<Tally> {
+  const { rows } = await client.query<{ event_id: string; copies: number }>(
+    `SELECT t.event_id, count(*)::int AS copies
+       FROM telemetry t
+       JOIN unnest($1::text[], $2::text[]) AS d(device_id, prefix)
+         ON t.device_id = d.device_id AND starts_with(t.event_id, d.prefix)
+      WHERE substr(t.event_id, length(d.prefix) + 1) ~ '^[0-9]+$'
+      GROUP BY t.event_id`,
+    [run.devices.map((device) => device.deviceId), run.devices.map((device) => device.eventPrefix)],
+  );
+  return tallyByKey(keysOf(run, false), new Map(rows.map((row) => [row.event_id, row.copies])));
+}
+
+/**
+ * A profile whose rows are told apart by (topic, time, event id): each
+ * delivered event is looked up by its device, topic, time and event id as
+ * the mapping reads them, and the rows the service received during the run
+ * are counted against them.
+ */
+async function tallyKeyed(client: pg.Client, run: FleetRun): Promise<Tally> {
+  const keys = keysOf(run, true);
+  const wanted = run.devices.flatMap((device) =>
+    [...device.delivered.keys()].map((key) => {
+      const cut = key.indexOf("/");
+      return {
+        topic: device.shape.topic,
+        deviceId: device.shape.storedDeviceId,
+        time: new Date(Number(key.slice(0, cut))).toISOString(),
+        eventId: key.slice(cut + 1),
+      };
+    }),
+  );
+  const byKey = await client.query<{ topic: string; ms: string; event_id: string; copies: number }>(
+    `SELECT k.topic, (extract(epoch FROM k.time) * 1000)::bigint::text AS ms, k.event_id,
+            count(*)::int AS copies
+       FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+            AS k(topic, device_id, time, event_id)
+       JOIN telemetry t
+         ON t.time = k.time AND t.topic = k.topic AND t.event_id = k.event_id
+        AND t.device_id = k.device_id
+      GROUP BY k.topic, k.time, k.event_id`,
+    [
+      wanted.map((key) => key.topic),
+      wanted.map((key) => key.deviceId),
+      wanted.map((key) => key.time),
+      wanted.map((key) => key.eventId),
+    ],
+  );
+  const received = await client.query<{
+    topic: string;
+    ms: string;
+    event_id: string;
+    copies: number;
+  }>(
+    `SELECT topic, (extract(epoch FROM time) * 1000)::bigint::text AS ms, event_id,
+            count(*)::int AS copies
+       FROM telemetry
+      WHERE device_id = ANY($1) AND topic = ANY($2) AND received_at BETWEEN $3 AND $4
+      GROUP BY topic, time, event_id`,
+    [...scopeOf(run), ...windowOf(run)],
+  );
+  const found = new Map<string, number>();
+  for (const row of [...byKey.rows, ...received.rows]) {
+    const key = `${row.topic} ${row.ms}/${row.event_id}`;
+    found.set(key, Math.max(found.get(key) ?? 0, row.copies));
+  }
+  const tally = tallyByKey(keys, found);
+  // `<topic> <ms>/<event id>` reads better as `<topic> <ISO time> <event id>`.
+  const readable = (key: string) =>
+    key.replace(
+      / (\d+)\/(.*)$/,
+      (_, ms: string, eventId: string) =>
+        ` ${new Date(Number(ms)).toISOString()}${eventId ? ` ${eventId}` : ""}`,
+    );
+  return {
+    ...tally,
+    missing: tally.missing.map(readable),
+    duplicated: tally.duplicated.map(readable),
+    strangers: tally.strangers.map(readable),
+  };
+}
+
+/**
+ * A profile without id or time, whose rows are stored at least once: the
+ * rows the service received during the run, grouped by topic and payload,
+ * against the events delivered with each payload (two readings can be alike).
+ */
+async function tallyPayloads(client: pg.Client, run: FleetRun): Promise<Tally> {
+  const sent = run.devices.flatMap((device) => [
+    ...[...device.delivered].map(([payload, events]) => ({
+      topic: device.shape.topic,
+      payload,
+      events,
+    })),
+    ...[...device.unacked].map((payload) => ({ topic: device.shape.topic, payload, events: 0 })),
+  ]);
+  const { rows } = await client.query<{
+    topic: string;
+    payload: string;
+    delivered: number | null;
+    copies: number;
+  }>(
+    `WITH sent AS (
+       SELECT topic, payload::jsonb AS payload, sum(events)::int AS delivered
+         FROM unnest($1::text[], $2::text[], $3::int[]) AS s(topic, payload, events)
+        GROUP BY 1, 2),
+     stored AS (
+       SELECT topic, payload, count(*)::int AS copies
+         FROM telemetry
+        WHERE device_id = ANY($4) AND topic = ANY($5) AND time BETWEEN $6 AND $7
+        GROUP BY 1, 2)
+     SELECT coalesce(s.topic, r.topic) AS topic, coalesce(s.payload, r.payload)::text AS payload,
+            s.delivered, coalesce(r.copies, 0) AS copies
+       FROM sent s FULL JOIN stored r ON r.topic = s.topic AND r.payload = s.payload`,
+    [
+      sent.map((item) => item.topic),
+      sent.map((item) => item.payload),
+      sent.map((item) => item.events),
+      ...scopeOf(run),
+      ...windowOf(run),
+    ],
+  );
+  const tally: Tally = {
+    expected: 0,
+    stored: 0,
+    missing: [],
+    duplicated: [],
+    unexpected: 0,
+    strangers: [],
+  };
+  for (const row of rows) {
+    const label = `${row.topic} ${row.payload}`;
+    tally.stored += row.copies;
+    if (row.delivered === null) {
+      tally.unexpected += row.copies;
+      tally.strangers.push(label);
+    } else if (row.delivered === 0) {
+      tally.unexpected += row.copies;
+    } else {
+      tally.expected += row.delivered;
+      for (let n = row.copies; n < row.delivered; n++) tally.missing.push(label);
+      for (let n = row.delivered; n < row.copies; n++) tally.duplicated.push(label);
+    }
+  }
+  return tally;
+}
+
+/** The devices (as stored) and topics of a run. */
+function scopeOf(run: FleetRun): [string[], string[]] {
+  return [
+    run.devices.map((device) => device.shape.storedDeviceId),
+    run.devices.map((device) => device.shape.topic),
+  ];
+}
+
+/** When the service received the run's messages, give or take its clock. */
+function windowOf(run: FleetRun): [Date, Date] {
+  return [new Date(run.startedAt - CLOCK_MARGIN_MS), new Date(run.endedAt + CLOCK_MARGIN_MS)];
+}
+
+/**
+ * Checks that PostgreSQL holds the run's acknowledged unique events as the
+ * service tells rows apart: each exactly once, or, for a profile without id
+ * or time, at least once (more is reported, not failed); and that every
+ * acknowledged malformed message was dead-lettered. With QoS 0 nothing is
+ * acknowledged, so a missing event is reported but allowed.
  */
 export async function verifyRun(
   databaseUrl: string,
@@ -31,64 +246,59 @@ export async function verifyRun(
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {
-    // A device id that is an identity outlives the run: this run's rows are
-    // the ones whose event id is the device's prefix (with the run id) and a seq.
-    const stored = await client.query<{
-      event_id: string;
-      prefix: string;
-      seq: string;
-      copies: number;
-    }>(
-      `SELECT t.event_id, d.prefix, substr(t.event_id, length(d.prefix) + 1) AS seq,
-              count(*)::int AS copies
-         FROM telemetry t
-         JOIN unnest($1::text[], $2::text[]) AS d(device_id, prefix)
-           ON t.device_id = d.device_id AND starts_with(t.event_id, d.prefix)
-        WHERE substr(t.event_id, length(d.prefix) + 1) ~ '^[0-9]+$'
-        GROUP BY t.event_id, d.prefix`,
-      [
-        run.devices.map((device) => device.deviceId),
-        run.devices.map((device) => device.eventPrefix),
-      ],
-    );
+    const identity = options.profile?.identity;
+    const tally = await (identity === undefined
+      ? tallyRunEvents(client, run)
+      : identity === "none"
+        ? tallyPayloads(client, run)
+        : tallyKeyed(client, run));
     const rejected = await client.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM telemetry_rejected
         WHERE topic = ANY($1) AND position($2::bytea IN payload) > 0`,
-      [run.devices.map((device) => device.topic), runMarker(options.runId)],
+      [run.devices.map((device) => device.shape.topic), runMarker(options.runId)],
     );
-    const expected = new Set(run.devices.flatMap((device) => [...device.delivered]));
-    const published = new Map(run.devices.map((device) => [device.eventPrefix, device.published]));
-    const found = new Map(stored.rows.map((row) => [row.event_id, row.copies]));
-    const missing = [...expected].filter((id) => !found.has(id));
-    const duplicated = stored.rows.filter((row) => row.copies > 1);
-    const unexpected = stored.rows.filter((row) => !expected.has(row.event_id));
     const rejectedCount = rejected.rows[0]?.n ?? 0;
     const badExpected = run.counters.badAcked;
 
     const problems: string[] = [];
-    const sample = (ids: string[]) => ids.slice(0, 5).join(", ") + (ids.length > 5 ? ", …" : "");
-    if (missing.length > 0 && options.qos === 1) problems.push(`missing: ${sample(missing)}`);
-    if (duplicated.length > 0)
-      problems.push(`stored twice: ${sample(duplicated.map((row) => row.event_id))}`);
-    // Sent but never acknowledged (the run ended or the connection dropped first) may be stored or not;
-    // a row for an event this run never sent may not.
-    const strangers = unexpected.filter(
-      (row) => Number(row.seq) >= (published.get(row.prefix) ?? 0),
-    );
-    if (strangers.length > 0)
-      problems.push(`never sent: ${sample(strangers.map((row) => row.event_id))}`);
+    const sample = (keys: string[]) => keys.slice(0, 5).join(", ") + (keys.length > 5 ? ", …" : "");
+    if (tally.missing.length > 0 && options.qos === 1) {
+      problems.push(`missing: ${sample(tally.missing)}`);
+    }
+    if (tally.duplicated.length > 0 && identity !== "none") {
+      problems.push(`stored twice: ${sample(tally.duplicated)}`);
+    }
+    if (tally.strangers.length > 0) problems.push(`never sent: ${sample(tally.strangers)}`);
     if (rejectedCount < badExpected) {
       problems.push(
         `${badExpected} bad messages acknowledged but only ${rejectedCount} dead-lettered`,
       );
     }
+    if (options.profile) {
+      const { mappingsFile } = options.profile.profile;
+      const refused = await client.query<{ n: number }>(
+        `SELECT coalesce(sum(occurrences), 0)::int AS n FROM telemetry_rejected
+          WHERE topic = ANY($1) AND reason = 'not_authorized' AND last_received_at >= $2`,
+        [run.devices.map((device) => device.shape.topic), windowOf(run)[0]],
+      );
+      const notAuthorized = refused.rows[0]?.n ?? 0;
+      if (notAuthorized > 0) {
+        problems.push(
+          `${notAuthorized} refused as not_authorized: a device identity publishes only as the device ${mappingsFile} stores its topic under; a gateway identity publishes where its rules allow`,
+        );
+      } else if (tally.stored === 0 && tally.expected > 0) {
+        problems.push(
+          `nothing of the run is stored: is the service reading MAPPINGS_FILE=${mappingsFile}?`,
+        );
+      }
+    }
     return {
       pass: problems.length === 0,
-      expected: expected.size,
-      stored: stored.rows.length,
-      missing: missing.length,
-      duplicated: duplicated.length,
-      unexpected: unexpected.length,
+      expected: tally.expected,
+      stored: tally.stored,
+      missing: tally.missing.length,
+      duplicated: tally.duplicated.length,
+      unexpected: tally.unexpected,
       rejected: rejectedCount,
       badExpected,
       problems,
