@@ -15,6 +15,32 @@ export function isTimeZone(zone: string): boolean {
 
 const DAY_MS = 86_400_000;
 
+/** For a zone, a function from an instant to the wall-clock time there, to the second, read as if UTC. */
+export function wallClock(zone: string): (instantMs: number) => number {
+  const format = new Intl.DateTimeFormat("en-US", {
+    timeZone: zone,
+    hourCycle: "h23",
+    year: "numeric",
+    month: "numeric",
+    day: "numeric",
+    hour: "numeric",
+    minute: "numeric",
+    second: "numeric",
+  });
+  return (instantMs) => {
+    const parts: Record<string, number> = {};
+    for (const { type, value } of format.formatToParts(instantMs)) parts[type] = Number(value);
+    return Date.UTC(
+      parts.year as number,
+      (parts.month as number) - 1,
+      parts.day,
+      parts.hour,
+      parts.minute,
+      parts.second,
+    );
+  };
+}
+
 /**
  * For a zone, a function from a wall-clock time (its fields read as if UTC)
  * to the offset in minutes east of UTC in force then. A time that occurs
@@ -24,27 +50,9 @@ const DAY_MS = 86_400_000;
  * clock, so a stream of readings costs an Intl call per quarter hour.
  */
 export function zoneOffset(zone: string): (wallClockMs: number) => number {
-  const format = new Intl.DateTimeFormat("en-US", {
-    timeZone: zone,
-    hourCycle: "h23",
-    year: "numeric",
-    month: "numeric",
-    day: "numeric",
-    hour: "numeric",
-    minute: "numeric",
-  });
-  const offsetAt = (instantMs: number): number => {
-    const parts: Record<string, number> = {};
-    for (const { type, value } of format.formatToParts(instantMs)) parts[type] = Number(value);
-    const wall = Date.UTC(
-      parts.year as number,
-      (parts.month as number) - 1,
-      parts.day,
-      parts.hour,
-      parts.minute,
-    );
-    return Math.round((wall - (instantMs - (instantMs % MINUTE_MS))) / MINUTE_MS);
-  };
+  const wallClockAt = wallClock(zone);
+  const offsetAt = (instantMs: number): number =>
+    Math.round((wallClockAt(instantMs) - (instantMs - (instantMs % 1000))) / MINUTE_MS);
   const resolve = (wallMs: number): number => {
     // Zones change offset at most once a day: the offsets a day before and after bound it.
     const before = offsetAt(wallMs - DAY_MS);

@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import YAML from "yaml";
 import { MappingError } from "../../bridge/mappings.ts";
-import { zoneOffset } from "../../bridge/time-zone.ts";
+import { wallClock, zoneOffset } from "../../bridge/time-zone.ts";
 import type { Clock, Profile } from "./profile.ts";
 import { round } from "./profile.ts";
 
@@ -23,23 +23,9 @@ function zoneOf(file: string): string {
 }
 
 /** A wall clock in `zone`: ticks are its seconds, written as if they were UTC. */
-function wallClock(zone: string): Clock {
-  const format = new Intl.DateTimeFormat("en-US", {
-    timeZone: zone,
-    hourCycle: "h23",
-    year: "numeric",
-    month: "numeric",
-    day: "numeric",
-    hour: "numeric",
-    minute: "numeric",
-    second: "numeric",
-  });
-  const tickOf = (instantMs: number): number => {
-    const parts: Record<string, number> = {};
-    for (const { type, value } of format.formatToParts(instantMs)) parts[type] = Number(value);
-    const { year, month, day, hour, minute, second } = parts as Record<string, number>;
-    return Date.UTC(year as number, (month as number) - 1, day, hour, minute, second) / 1000;
-  };
+function zoneClock(zone: string): Clock {
+  const wallClockAt = wallClock(zone);
+  const tickOf = (instantMs: number): number => wallClockAt(instantMs) / 1000;
   // The mapping's own reading of a wall-clock time.
   const offset = zoneOffset(zone);
   return {
@@ -68,7 +54,7 @@ export const tasmota: Profile = {
   time: { field: ["Time"], form: "local time in the zone the file names", resolutionMs: 1000 },
   late: false,
   topic: (deviceId) => `tele/${deviceId}/SENSOR`,
-  clock: (file) => wallClock(zoneOf(file)),
+  clock: (file) => zoneClock(zoneOf(file)),
   device({ sensors }) {
     return (instantMs, tick) => {
       const { temperature, humidity } = sensors.read(instantMs);
