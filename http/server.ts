@@ -4,7 +4,7 @@ import type { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
 import type { BridgedTopics } from "../bridge/mappings.ts";
 import type { Metrics } from "../bridge/metrics.ts";
-import { deviceIdOf, parseTimestamp } from "../bridge/telemetry-message.ts";
+import { parseTimestamp } from "../bridge/telemetry-message.ts";
 import { compileAcl } from "../broker/auth/acl.ts";
 import type { Authenticator } from "../broker/auth/authenticator.ts";
 import type { MqttServer } from "../broker/mqtt-server.ts";
@@ -184,8 +184,9 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     };
     if (query.topic) {
       where("topic = ?", query.topic);
-      // The device id is the topic's second level; naming it lets (device_id, time DESC) serve the query.
-      if (!query.device_id) where("device_id = ?", deviceIdOf(query.topic));
+      // The device id is the topic's second level, or the device its mapping names;
+      // naming it lets (device_id, time DESC) serve the query.
+      if (!query.device_id) where("device_id = ?", deps.topics.deviceOf(query.topic));
     }
     if (query.device_id) where("device_id = ?", query.device_id);
     const since = optionalTime(query, "since");

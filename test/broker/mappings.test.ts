@@ -404,6 +404,29 @@ describe("shipped mappings", () => {
     ]);
   });
 
+  it("finds a mapped topic's rows with GET /events?topic=, by the device its mapping names", async () => {
+    const service = await startTestService(db.url, { MAPPINGS_FILE: "mappings/shelly.yaml" });
+    try {
+      const device = await connectDevice(service.mqttPort, "shelly-events");
+      const topic = "shellyplus2pm-30c6f7a1b2c3/events/rpc";
+      await publishAcked(
+        device,
+        topic,
+        '{"method":"NotifyStatus","params":{"ts":1714572300.25,"cover:0":{"current_pos":40}}}',
+      );
+      await device.endAsync();
+      const response = await fetch(
+        `http://127.0.0.1:${service.httpPort}/events?topic=${encodeURIComponent(topic)}`,
+      );
+      expect(await response.json()).toMatchObject({
+        count: 1,
+        events: [{ device_id: "shellyplus2pm-30c6f7a1b2c3", event_id: "NotifyStatus" }],
+      });
+    } finally {
+      await service.close();
+    }
+  });
+
   it("reads a fixture sent with mosquitto_pub, and leaves default topics as they were", async () => {
     const service = await startTestService(db.url, { MAPPINGS_FILE: "mappings/tasmota.yaml" });
     try {
