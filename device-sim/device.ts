@@ -1,9 +1,12 @@
 import mqtt from "mqtt";
 import type { Login, SimOptions } from "./options.ts";
+import type { OpenProfile } from "./profiles/index.ts";
+import type { DeviceContext } from "./profiles/profile.ts";
 import { Random } from "./random.ts";
 import { ConnectionRefused, refusalCode, SERVER_UNAVAILABLE } from "./refusal.ts";
 import { Sensors } from "./sensors.ts";
-import { DefaultShape, ProfileShape, type Shape } from "./shape.ts";
+import { DefaultShape, ProfileShape, type Shape, type ShapedEvent } from "./shape.ts";
+import { SparkplugShape } from "./sparkplug-shape.ts";
 
 const HOUR_MS = 3_600_000;
 
@@ -43,6 +46,17 @@ export function deviceIdentity(
   return { deviceId: `sim-${options.runId}-${index}`, login: options.login };
 }
 
+/** The shape of a profile's device: Sparkplug B's is an edge node's. */
+export function profileShape(
+  open: OpenProfile,
+  context: DeviceContext,
+  runId: string,
+): ProfileShape {
+  return open.profile.payload === "sparkplug-b"
+    ? new SparkplugShape(open, context, runId)
+    : new ProfileShape(open, context, runId);
+}
+
 /**
  * One simulated device: its own MQTT connection (persistent session, so the
  * client resends what was not acknowledged when it reconnects), its own
@@ -72,6 +86,10 @@ export class SimDevice {
   private owed = 0;
   private timer: NodeJS.Timeout | undefined;
   private drained: (() => void) | undefined;
+  /** A connection to drop once nothing is in flight (see publishNext). */
+  private dropWhenIdle = false;
+  /** Whether this connection's BIRTHs are sent, for a shape that has them: nothing goes before. */
+  private born = false;
   private settle: ((refusal?: ConnectionRefused) => void) | undefined;
   private stopped = false;
   /** Publishes mqtt.js gave up on while disconnected, sent again once connected. */
@@ -88,7 +106,7 @@ export class SimDevice {
     const sensors = new Sensors(this.random);
     this.clockOffsetMs = this.random.between(-1, 1) * options.clockSkewS * 1000;
     this.shape = options.profile
-      ? new ProfileShape(
+      ? profileShape(
           options.profile,
           { deviceId: this.deviceId, login: this.login, random: this.random, sensors },
           options.runId,
@@ -112,6 +130,7 @@ export class SimDevice {
       // A busy broker's CONNACK 3 is retried like a lost connection; the other refusals end the run.
       reconnectOnConnackError: true,
       connectTimeout: 30_000,
+      will: this.nextWill(),
     });
     this.client = client;
     let connectedOnce = false;
@@ -121,11 +140,16 @@ export class SimDevice {
       if (connectedOnce) this.counters.reconnects++;
       connected = true;
       connectedOnce = true;
+      for (const birth of this.shape.births?.(this.now()) ?? []) this.publishUnique(birth);
+      this.born = true;
       for (const send of this.unsent.splice(0)) send();
     });
     client.on("close", () => {
       if (connected) this.counters.connected--;
       connected = false;
+      this.born = false;
+      // Each connection has its own will, which the next CONNECT carries.
+      client.options.will = this.nextWill();
     });
     client.on("error", (error) => {
       const code = refusalCode(error);
@@ -148,7 +172,9 @@ export class SimDevice {
             this.whenDrained(resolve);
             return;
           }
-          if (this.inflight < this.options.inflight || this.options.qos === 0) this.publishNext();
+          if (this.holding()) this.owed++;
+          else if (this.inflight < this.options.inflight || this.options.qos === 0)
+            this.publishNext();
           else this.owed++;
           this.timer = setTimeout(tick, intervalMs);
         };
@@ -170,6 +196,11 @@ export class SimDevice {
     this.settle?.(refusal);
   }
 
+  /** Whether messages wait: for a connection to drop, or for the BIRTHs of the next one. */
+  private holding(): boolean {
+    return this.dropWhenIdle || (this.shape.births !== undefined && !this.born);
+  }
+
   private whenDrained(done: () => void): void {
     if (this.inflight === 0) done();
     else this.drained = done;
@@ -179,16 +210,42 @@ export class SimDevice {
     if (this.random.chance(this.options.badRate)) {
       const payload = this.shape.bad(this.seq, this.now());
       this.counters.badSent++;
-      this.publish(payload, undefined, () => {
+      this.publish(this.shape.topic, payload, undefined, () => {
         this.counters.badAcked++;
       });
     } else {
       this.publishEvent();
     }
     if (this.random.chance(this.options.reconnectRate)) {
-      // Drop the connection the hard way: no DISCONNECT, unacknowledged messages stay queued.
-      this.client?.stream.destroy();
+      // A device that sends BIRTHs on connecting must send them before
+      // anything else, which mqtt.js's resending of unacknowledged messages
+      // would precede: it drops the connection once they are acknowledged.
+      if (this.shape.births) {
+        this.dropWhenIdle = true;
+        this.dropIfIdle();
+      } else {
+        this.dropConnection();
+      }
     }
+  }
+
+  private dropIfIdle(): void {
+    if (!this.dropWhenIdle || this.inflight > 0) return;
+    this.dropWhenIdle = false;
+    // The connection is as good as gone: nothing more goes before the next one's BIRTHs.
+    this.born = false;
+    // mqtt.js hands packets to the socket on the next tick (QoS 0's are "sent" before): let them go first.
+    setImmediate(() => this.dropConnection());
+  }
+
+  /** Drops the connection the hard way: no DISCONNECT, unacknowledged messages stay queued. */
+  private dropConnection(): void {
+    this.client?.stream.destroy();
+  }
+
+  private nextWill(): mqtt.IClientOptions["will"] {
+    const will = this.shape.nextWill?.(this.now());
+    return will && { ...will, qos: 1, retain: false };
   }
 
   private publishEvent(): void {
@@ -199,20 +256,32 @@ export class SimDevice {
       timeMs -= this.random.between(1, 72) * HOUR_MS;
       this.counters.lateSent++;
     }
-    const { payload, key } = this.shape.event(seq, timeMs, late);
-    this.counters.uniqueSent++;
-    this.publish(payload, key, () => {
-      this.delivered.set(key, (this.delivered.get(key) ?? 0) + 1);
-      this.counters.uniqueAcked++;
+    const event = this.shape.event(seq, timeMs, late);
+    this.publishUnique(event, () => {
       if (this.producing && this.random.chance(this.options.dupRate)) {
         // The application sends an acknowledged event again, as after a lost ack in its own queue.
         this.counters.duplicatesSent++;
-        this.publish(payload, key, () => {});
+        this.publish(event.topic, event.payload, event.key, () => {});
       }
     });
   }
 
-  private publish(payload: Buffer, key: string | undefined, onAcked: () => void): void {
+  /** Publishes an event that is to be stored once; `then` runs once it is delivered. */
+  private publishUnique({ topic, payload, key }: ShapedEvent, then?: () => void): void {
+    this.counters.uniqueSent++;
+    this.publish(topic, payload, key, () => {
+      this.delivered.set(key, (this.delivered.get(key) ?? 0) + 1);
+      this.counters.uniqueAcked++;
+      then?.();
+    });
+  }
+
+  private publish(
+    topic: string,
+    payload: Buffer,
+    key: string | undefined,
+    onAcked: () => void,
+  ): void {
     if (!this.client) return;
     this.counters.sent++;
     this.inflight++;
@@ -220,6 +289,7 @@ export class SimDevice {
     if (key !== undefined) this.unacked.add(key);
     this.send(
       this.client,
+      topic,
       payload,
       () => {
         if (key !== undefined) this.unacked.delete(key);
@@ -231,19 +301,20 @@ export class SimDevice {
 
   private send(
     client: mqtt.MqttClient,
+    topic: string,
     payload: Buffer,
     onAcked: () => void,
     sentAt: number,
   ): void {
     const qos = this.options.qos;
-    client.publish(this.shape.topic, payload, { qos }, (error) => {
+    client.publish(topic, payload, { qos }, (error) => {
       if (error && qos === 1 && !this.stopped) {
         // mqtt.js fails the publishes it queued while resending its session
         // when the connection drops again meanwhile (and, until it reconnects,
         // any new one): send them again once connected, as a device that
         // keeps its readings until they are acknowledged does.
         this.counters.errors++;
-        const again = () => this.send(client, payload, onAcked, sentAt);
+        const again = () => this.send(client, topic, payload, onAcked, sentAt);
         if (client.connected) again();
         else this.unsent.push(again);
         return;
@@ -257,7 +328,13 @@ export class SimDevice {
         if (qos === 1) this.counters.latencies.push(performance.now() - sentAt);
         onAcked();
       }
-      if (this.owed > 0 && this.producing && this.inflight < this.options.inflight) {
+      this.dropIfIdle();
+      if (
+        this.owed > 0 &&
+        this.producing &&
+        !this.holding() &&
+        this.inflight < this.options.inflight
+      ) {
         this.owed--;
         this.publishNext();
       }

@@ -47,9 +47,12 @@ export function pickBadKind(random: Random): BadKind {
 /** Malformed messages in a profile's own shape: each fails what its mapping reads. */
 export type ShapedBadKind = "not_json" | "oversized" | "no_time" | "bad_time" | "no_event_id";
 
-/** The malformed messages a profile's devices can send: none for bare values, which any bytes are. */
+/**
+ * The malformed JSON messages a profile's devices can send: none for bare
+ * values, which any bytes are; Sparkplug B's are its shape's own.
+ */
 export function shapedBadKinds(profile: Profile): ShapedBadKind[] {
-  if (profile.payload === "bare value") return [];
+  if (profile.payload !== "object") return [];
   return [
     "not_json",
     "oversized",

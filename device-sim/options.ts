@@ -2,6 +2,7 @@ import fs from "node:fs";
 import { parseArgs } from "node:util";
 import { MappingError } from "../bridge/mappings.ts";
 import {
+  maxDevices,
   maxRate,
   type OpenProfile,
   openProfile,
@@ -315,6 +316,12 @@ function checkProfile(
     if (given(flag as Flag)) {
       throw new UsageError(`--profile ${profile.name} takes no --${flag}: ${reason}`);
     }
+  }
+  const most = maxDevices(profile);
+  if (most !== undefined && options.devices > most) {
+    throw new UsageError(
+      `--devices ${options.devices}: a ${profile.name} device is an edge node, and the service keeps the aliases of at most ${most.toLocaleString("en-US")}`,
+    );
   }
   const max = maxRate(profile);
   if (max !== undefined && options.rate > max) {

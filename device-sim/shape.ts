@@ -11,19 +11,33 @@ import type { DeviceContext } from "./profiles/profile.ts";
 import type { Random } from "./random.ts";
 import type { Sensors } from "./sensors.ts";
 
-/** An event as a device publishes it, and the key --verify finds its row by. */
+/** An event as a device publishes it, where, and the key --verify finds its row by. */
 export interface ShapedEvent {
+  topic: string;
   payload: Buffer;
   key: string;
 }
 
+/** An MQTT will: what the broker publishes for a device whose connection is lost. */
+export interface Will {
+  topic: string;
+  payload: Buffer;
+}
+
 /** What one simulated device publishes: where, its events and its malformed messages. */
 export interface Shape {
+  /** Where its readings and malformed messages go. */
   readonly topic: string;
-  /** The device_id the service stores its rows under. */
+  /** Every topic it publishes rows on: its readings', and its BIRTHs' where it sends them. */
+  readonly topics: readonly string[];
+  /** The device_id the service stores its readings under. */
   readonly storedDeviceId: string;
   event(seq: number, timeMs: number, late: boolean): ShapedEvent;
   bad(seq: number, timeMs: number): Buffer;
+  /** The will of its next connection, numbered for it: a Sparkplug B edge node's NDEATH. */
+  nextWill?(timeMs: number): Will;
+  /** What it sends first on every connection, before any reading: a Sparkplug B edge node's BIRTHs. */
+  births?(timeMs: number): ShapedEvent[];
 }
 
 /**
@@ -32,6 +46,7 @@ export interface Shape {
  */
 export class DefaultShape implements Shape {
   readonly topic: string;
+  readonly topics: readonly string[];
   readonly storedDeviceId: string;
 
   constructor(
@@ -42,6 +57,7 @@ export class DefaultShape implements Shape {
     private readonly sensors: Sensors,
   ) {
     this.topic = `${options.topicPrefix}/${deviceId}/env`;
+    this.topics = [this.topic];
     this.storedDeviceId = deviceId;
   }
 
@@ -56,7 +72,7 @@ export class DefaultShape implements Shape {
         ...this.sensors.read(timeMs),
       }),
     );
-    return { payload, key: eventId };
+    return { topic: this.topic, payload, key: eventId };
   }
 
   bad(seq: number, timeMs: number): Buffer {
@@ -71,21 +87,23 @@ export class DefaultShape implements Shape {
  */
 export class ProfileShape implements Shape {
   readonly topic: string;
+  readonly topics: readonly string[];
   readonly storedDeviceId: string;
-  private readonly message: (instantMs: number, tick: number) => unknown;
-  private readonly random: Random;
+  protected readonly message: (instantMs: number, tick: number) => unknown;
+  protected readonly random: Random;
   private readonly badKinds: ShapedBadKind[];
   private firstTick: number | undefined;
   private lastTick: number | undefined;
   private readonly lateTicks = new Set<number>();
 
   constructor(
-    private readonly open: OpenProfile,
+    protected readonly open: OpenProfile,
     context: DeviceContext,
-    private readonly runId: string,
+    protected readonly runId: string,
   ) {
     const { profile, mappings } = open;
     this.topic = profile.topic(context.deviceId, context.login);
+    this.topics = [this.topic];
     this.storedDeviceId = mappings.deviceOf(this.topic) as string;
     this.message = profile.device(context);
     this.random = context.random;
@@ -94,7 +112,7 @@ export class ProfileShape implements Shape {
 
   event(_seq: number, timeMs: number, late: boolean): ShapedEvent {
     const payload = Buffer.from(JSON.stringify(this.message(timeMs, this.stamp(timeMs, late))));
-    return { payload, key: this.keyOf(payload) };
+    return { topic: this.topic, payload, key: this.keyOf(this.topic, payload) };
   }
 
   bad(_seq: number, timeMs: number): Buffer {
@@ -108,7 +126,7 @@ export class ProfileShape implements Shape {
    * the one after the last (a burst, or a wall clock going back, would
    * repeat it); a late event's lies before the first and is used once.
    */
-  private stamp(instantMs: number, late: boolean): number {
+  protected stamp(instantMs: number, late: boolean): number {
     const clock = this.open.clock;
     if (!clock) return 0;
     const tick = clock.tickOf(instantMs);
@@ -124,19 +142,22 @@ export class ProfileShape implements Shape {
     return next;
   }
 
-  /** What tells its row apart as the service reads it: time and event id, or, with neither, the payload stored. */
-  private keyOf(payload: Buffer): string {
+  /**
+   * What tells its row apart as the service reads it: topic, time and event
+   * id, or, with neither, the payload stored.
+   */
+  protected keyOf(topic: string, payload: Buffer): string {
     const read = this.open.mappings.read(
-      { topic: this.topic, payload, clientId: null, receivedAtMs: 0 },
+      { topic, payload, clientId: null, receivedAtMs: 0 },
       Number.POSITIVE_INFINITY,
     );
     if (!read?.ok) {
       throw new Error(
-        `${this.open.profile.mappingsFile} refuses a message of the ${this.open.profile.name} profile on ${this.topic}: ${read ? read.detail : "no entry reads it"}`,
+        `${this.open.profile.mappingsFile} refuses a message of the ${this.open.profile.name} profile on ${topic}: ${read ? read.detail : "no entry reads it"}`,
       );
     }
     return this.open.identity === "none"
       ? read.row.payload.toString()
-      : `${read.row.timeMs}/${read.row.eventId}`;
+      : `${topic} ${read.row.timeMs}/${read.row.eventId}`;
   }
 }

@@ -2,6 +2,8 @@ import pg from "pg";
 import { runMarker } from "./faults.ts";
 import type { FleetRun } from "./fleet.ts";
 import type { SimOptions } from "./options.ts";
+import type { OpenProfile } from "./profiles/index.ts";
+import { SPARKPLUG_METRICS } from "./profiles/sparkplug-b.ts";
 
 export interface Verification {
   pass: boolean;
@@ -37,17 +39,19 @@ interface Tally {
   strangers: string[];
 }
 
-/** The devices' keys, prefixed with their topic where keys of two devices can be alike. */
-function keysOf(run: FleetRun, byTopic: boolean): { delivered: Set<string>; unacked: Set<string> } {
+/** The devices' keys: event ids, or a profile's `<topic> <ms>/<event id>`. */
+function keysOf(run: FleetRun): { delivered: Set<string>; unacked: Set<string> } {
   const delivered = new Set<string>();
   const unacked = new Set<string>();
   for (const device of run.devices) {
-    const scope = byTopic ? `${device.shape.topic} ` : "";
-    for (const key of device.delivered.keys()) delivered.add(scope + key);
-    for (const key of device.unacked) unacked.add(scope + key);
+    for (const key of device.delivered.keys()) delivered.add(key);
+    for (const key of device.unacked) unacked.add(key);
   }
   return { delivered, unacked };
 }
+
+/** A profile's key, `<topic> <ms>/<event id>`, in its parts. */
+const KEY = /^(.*) (\d+)\/(.*)$/;
 
 /** Compares the run's rows, counted by key, with the keys it sent: each event has one row. */
 function tallyByKey(
@@ -81,7 +85,7 @@ async function tallyRunEvents(client: pg.Client, run: FleetRun): Promise<Tally> 
       GROUP BY t.event_id`,
     [run.devices.map((device) => device.deviceId), run.devices.map((device) => device.eventPrefix)],
   );
-  return tallyByKey(keysOf(run, false), new Map(rows.map((row) => [row.event_id, row.copies])));
+  return tallyByKey(keysOf(run), new Map(rows.map((row) => [row.event_id, row.copies])));
 }
 
 /**
@@ -90,19 +94,17 @@ async function tallyRunEvents(client: pg.Client, run: FleetRun): Promise<Tally> 
  * the mapping reads them, and the rows the service received during the run
  * are counted against them.
  */
-async function tallyKeyed(client: pg.Client, run: FleetRun): Promise<Tally> {
-  const keys = keysOf(run, true);
-  const wanted = run.devices.flatMap((device) =>
-    [...device.delivered.keys()].map((key) => {
-      const cut = key.indexOf("/");
-      return {
-        topic: device.shape.topic,
-        deviceId: device.shape.storedDeviceId,
-        time: new Date(Number(key.slice(0, cut))).toISOString(),
-        eventId: key.slice(cut + 1),
-      };
-    }),
-  );
+async function tallyKeyed(client: pg.Client, run: FleetRun, open: OpenProfile): Promise<Tally> {
+  const keys = keysOf(run);
+  const wanted = [...keys.delivered].map((key) => {
+    const [, topic = "", ms, eventId = ""] = KEY.exec(key) ?? [];
+    return {
+      topic,
+      deviceId: open.mappings.deviceOf(topic),
+      time: new Date(Number(ms)).toISOString(),
+      eventId,
+    };
+  });
   const byKey = await client.query<{ topic: string; ms: string; event_id: string; copies: number }>(
     `SELECT k.topic, (extract(epoch FROM k.time) * 1000)::bigint::text AS ms, k.event_id,
             count(*)::int AS copies
@@ -130,7 +132,7 @@ async function tallyKeyed(client: pg.Client, run: FleetRun): Promise<Tally> {
        FROM telemetry
       WHERE device_id = ANY($1) AND topic = ANY($2) AND received_at BETWEEN $3 AND $4
       GROUP BY topic, time, event_id`,
-    [...scopeOf(run), ...windowOf(run)],
+    [...scopeOf(run, open), ...windowOf(run)],
   );
   const found = new Map<string, number>();
   for (const row of [...byKey.rows, ...received.rows]) {
@@ -141,9 +143,9 @@ async function tallyKeyed(client: pg.Client, run: FleetRun): Promise<Tally> {
   // `<topic> <ms>/<event id>` reads better as `<topic> <ISO time> <event id>`.
   const readable = (key: string) =>
     key.replace(
-      / (\d+)\/(.*)$/,
-      (_, ms: string, eventId: string) =>
-        ` ${new Date(Number(ms)).toISOString()}${eventId ? ` ${eventId}` : ""}`,
+      KEY,
+      (_, topic: string, ms: string, eventId: string) =>
+        `${topic} ${new Date(Number(ms)).toISOString()}${eventId ? ` ${eventId}` : ""}`,
     );
   return {
     ...tally,
@@ -158,7 +160,7 @@ async function tallyKeyed(client: pg.Client, run: FleetRun): Promise<Tally> {
  * rows the service received during the run, grouped by topic and payload,
  * against the events delivered with each payload (two readings can be alike).
  */
-async function tallyPayloads(client: pg.Client, run: FleetRun): Promise<Tally> {
+async function tallyPayloads(client: pg.Client, run: FleetRun, open: OpenProfile): Promise<Tally> {
   const sent = run.devices.flatMap((device) => [
     ...[...device.delivered].map(([payload, events]) => ({
       topic: device.shape.topic,
@@ -189,7 +191,7 @@ async function tallyPayloads(client: pg.Client, run: FleetRun): Promise<Tally> {
       sent.map((item) => item.topic),
       sent.map((item) => item.payload),
       sent.map((item) => item.events),
-      ...scopeOf(run),
+      ...scopeOf(run, open),
       ...windowOf(run),
     ],
   );
@@ -218,12 +220,36 @@ async function tallyPayloads(client: pg.Client, run: FleetRun): Promise<Tally> {
   return tally;
 }
 
-/** The devices (as stored) and topics of a run. */
-function scopeOf(run: FleetRun): [string[], string[]] {
-  return [
-    run.devices.map((device) => device.shape.storedDeviceId),
-    run.devices.map((device) => device.shape.topic),
-  ];
+/** The topics a run's rows are on. */
+function topicsOf(run: FleetRun): string[] {
+  return run.devices.flatMap((device) => device.shape.topics);
+}
+
+/** The devices (as the mapping stores them) and topics of a run. */
+function scopeOf(run: FleetRun, { mappings }: OpenProfile): [string[], string[]] {
+  const topics = topicsOf(run);
+  return [[...new Set(topics.map((topic) => mappings.deviceOf(topic) as string))], topics];
+}
+
+/**
+ * Sparkplug B devices' rows hold their metrics by name, DDATA sent by alias
+ * too: of a sample of the run's, how many do not name every metric.
+ */
+async function unnamedMetrics(client: pg.Client, run: FleetRun): Promise<number> {
+  const { rows } = await client.query<{ n: number }>(
+    `SELECT count(*)::int AS n
+       FROM (SELECT payload FROM telemetry
+              WHERE device_id = ANY($1) AND topic = ANY($2) AND received_at BETWEEN $3 AND $4
+              LIMIT 1000) AS sample
+      WHERE NOT coalesce(payload->'metrics' ?& $5::text[], false)`,
+    [
+      run.devices.map((device) => device.shape.storedDeviceId),
+      topicsOf(run),
+      ...windowOf(run),
+      SPARKPLUG_METRICS.map((metric) => metric.name),
+    ],
+  );
+  return rows[0]?.n ?? 0;
 }
 
 /** When the service received the run's messages, give or take its clock. */
@@ -246,12 +272,13 @@ export async function verifyRun(
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {
-    const identity = options.profile?.identity;
-    const tally = await (identity === undefined
+    const open = options.profile;
+    const identity = open?.identity;
+    const tally = await (open === undefined
       ? tallyRunEvents(client, run)
       : identity === "none"
-        ? tallyPayloads(client, run)
-        : tallyKeyed(client, run));
+        ? tallyPayloads(client, run, open)
+        : tallyKeyed(client, run, open));
     // Identical malformed messages on a topic (two in a row share a seq) are
     // one dead letter counting its occurrences.
     const rejected = await client.query<{ n: number }>(
@@ -281,7 +308,7 @@ export async function verifyRun(
       const refused = await client.query<{ n: number }>(
         `SELECT coalesce(sum(occurrences), 0)::int AS n FROM telemetry_rejected
           WHERE topic = ANY($1) AND reason = 'not_authorized' AND last_received_at >= $2`,
-        [run.devices.map((device) => device.shape.topic), windowOf(run)[0]],
+        [topicsOf(run), windowOf(run)[0]],
       );
       const notAuthorized = refused.rows[0]?.n ?? 0;
       if (notAuthorized > 0) {
@@ -292,6 +319,14 @@ export async function verifyRun(
         problems.push(
           `nothing of the run is stored: is the service reading MAPPINGS_FILE=${mappingsFile}?`,
         );
+      }
+      if (options.profile.profile.payload === "sparkplug-b") {
+        const unnamed = await unnamedMetrics(client, run);
+        if (unnamed > 0) {
+          problems.push(
+            `${unnamed} stored rows without payload->'metrics' naming ${SPARKPLUG_METRICS.map((metric) => metric.name).join(", ")}`,
+          );
+        }
       }
     }
     return {

@@ -1,9 +1,11 @@
 import { type Identity, MappingError, Mappings } from "../../bridge/mappings.ts";
+import { MAX_SPARKPLUG_EDGE_NODES } from "../../bridge/sparkplug.ts";
 import type { Login } from "../options.ts";
 import { homeassistant } from "./homeassistant.ts";
 import { owntracks } from "./owntracks.ts";
 import { type Clock, epochClock, identityOf, type Profile } from "./profile.ts";
 import { shelly } from "./shelly.ts";
+import { sparkplugB } from "./sparkplug-b.ts";
 import { tasmota } from "./tasmota.ts";
 import { zigbee2mqtt } from "./zigbee2mqtt.ts";
 
@@ -14,6 +16,7 @@ export const PROFILES: readonly Profile[] = [
   shelly,
   homeassistant,
   owntracks,
+  sparkplugB,
 ];
 
 /** A profile with its mapping file read: what a run needs of it. */
@@ -54,6 +57,11 @@ export function openProfile(profile: Profile): OpenProfile {
 /** The fastest --rate per device: a device never repeats a time on its topic. */
 export function maxRate(profile: Profile): number | undefined {
   return profile.time && 1000 / profile.time.resolutionMs;
+}
+
+/** The most devices a run may have: the service keeps the aliases of so many Sparkplug B edge nodes. */
+export function maxDevices(profile: Profile): number | undefined {
+  return profile.payload === "sparkplug-b" ? MAX_SPARKPLUG_EDGE_NODES : undefined;
 }
 
 /** The flags that have no meaning for a profile's devices, and why. */
@@ -98,6 +106,7 @@ export function profilesHelp(): string[] {
       return [
         `  ${profile.name.padEnd(width)}${profile.topicPattern}  MAPPINGS_FILE=${profile.mappingsFile}`,
         `${indent}${notes.join("; ")}`,
+        ...(profile.note ? [`${indent}${profile.note}`] : []),
         `${indent}not with ${refused.join(", ")}`,
       ];
     }),

@@ -33,8 +33,7 @@ export function epochClock(resolutionMs: number): Clock {
 /**
  * Devices of one ecosystem, publishing on the topics and in the shape that a
  * mapping file of `mappings/` reads. `payload` says how their messages are
- * encoded and can be malformed: a binary shape, such as the protobuf that
- * mappings/sparkplug-b.yaml reads, would be one more kind of it.
+ * encoded and can be malformed.
  */
 export interface Profile {
   readonly name: string;
@@ -42,18 +41,27 @@ export interface Profile {
   readonly mappingsFile: string;
   /** Its topic with placeholders, for --help. */
   readonly topicPattern: string;
-  /** JSON objects, or bare values in which no field can be missing or garbled. */
-  readonly payload: "object" | "bare value";
+  /**
+   * JSON objects; bare values, in which no field can be missing or garbled;
+   * or Sparkplug B protobuf, sent by an edge node that declares its metrics
+   * in BIRTHs on every connection and names them by alias in DATA.
+   */
+  readonly payload: "object" | "bare value" | "sparkplug-b";
   /** Where its messages carry their time, in what form (for --help), and its finest step; none: stored at their receipt. */
   readonly time?: { field: FieldPath; form: string; resolutionMs: number };
   /** Where its messages carry what tells two of the same time apart. */
   readonly eventId?: FieldPath;
+  /** What else --help says of it. */
+  readonly note?: string;
   /** Whether its devices send, once back online, readings they queued (--late-rate). */
   readonly late: boolean;
   topic(deviceId: string, login: Login | undefined): string;
   /** Its clock, when the mapping file decides it (a zone); otherwise an epochClock of its resolution. */
   clock?(mappingsFile: string): Clock;
-  /** A device's message of the readings taken at `instantMs`, stamped with `tick` when it carries a time. */
+  /**
+   * A device's message of the readings taken at `instantMs`, stamped with
+   * `tick` when it carries a time; for sparkplug-b, its metrics' values by name.
+   */
   device(context: DeviceContext): (instantMs: number, tick: number) => unknown;
 }
 

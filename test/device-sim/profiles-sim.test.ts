@@ -49,6 +49,12 @@ const RUNS: { profile: string; mappingsFile: string; args: string[]; storedAs: s
     args: ["--devices", "30", "--rate", "1", "--count", "2", "--late-rate", "0.2"],
     storedAs: "sim/sim-owntracks-<n>",
   },
+  {
+    profile: "sparkplug-b",
+    mappingsFile: "mappings/sparkplug-b.yaml",
+    args: ["--devices", "5", "--rate", "20", "--count", "15", "--clock-skew", "60"],
+    storedAs: "sim-sparkplug-b-<n>/sensor",
+  },
 ];
 
 describe("npm run sim --profile", () => {

@@ -3,8 +3,9 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { type Identity, Mappings } from "../../bridge/mappings.ts";
+import { decodePayload } from "../../bridge/sparkplug.ts";
 import type { ParseResult, RejectReason } from "../../bridge/telemetry-message.ts";
-import { deviceIdentity } from "../../device-sim/device.ts";
+import { deviceIdentity, profileShape } from "../../device-sim/device.ts";
 import { runMarker, shapedBadKinds, shapedBadPayload } from "../../device-sim/faults.ts";
 import { helpText, parseOptions, type SimOptions, UsageError } from "../../device-sim/options.ts";
 import {
@@ -14,10 +15,12 @@ import {
   PROFILES,
 } from "../../device-sim/profiles/index.ts";
 import type { Profile } from "../../device-sim/profiles/profile.ts";
+import { sparkplugB } from "../../device-sim/profiles/sparkplug-b.ts";
 import { tasmota } from "../../device-sim/profiles/tasmota.ts";
 import { Random } from "../../device-sim/random.ts";
 import { Sensors } from "../../device-sim/sensors.ts";
-import { ProfileShape } from "../../device-sim/shape.ts";
+import type { Shape } from "../../device-sim/shape.ts";
+import type { SparkplugShape } from "../../device-sim/sparkplug-shape.ts";
 
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), "sim-profiles-"));
 afterAll(() => fs.rm(dir, { recursive: true, force: true }));
@@ -49,11 +52,17 @@ const EXPECTED: Record<
     identity: "event_id",
     eventId: "location",
   },
+  // Its event id is the edge node's seq, which every message moves on.
+  "sparkplug-b": {
+    topic: "spBv1.0/Sim/DDATA/dev-1/sensor",
+    deviceId: "dev-1/sensor",
+    identity: "event_id",
+  },
 };
 
-function shapeOf(open: OpenProfile, seed = 1): ProfileShape {
+function shapeOf(open: OpenProfile, seed = 1): Shape {
   const random = new Random(seed);
-  return new ProfileShape(
+  return profileShape(
     open,
     { deviceId: "dev-1", login: undefined, random, sensors: new Sensors(random) },
     "r-1",
@@ -67,6 +76,13 @@ async function serviceMappings(profile: Profile): Promise<Mappings> {
 
 function read(mappings: Mappings, topic: string, payload: Buffer): ParseResult | undefined {
   return mappings.read({ topic, payload, clientId: "dev-1", receivedAtMs: 0 }, MAX_PAYLOAD_BYTES);
+}
+
+/** Connects a shape that sends BIRTHs, and reads them as the service does before its readings. */
+function readBirths(mappings: Mappings, shape: Shape, timeMs: number): void {
+  shape.nextWill?.(timeMs);
+  for (const birth of shape.births?.(timeMs) ?? [])
+    rowOf(read(mappings, birth.topic, birth.payload));
 }
 
 function rowOf(result: ParseResult | undefined) {
@@ -101,6 +117,7 @@ describe("each profile, read by its mapping", () => {
 
       const resolutionMs = profile.time?.resolutionMs ?? 1;
       const start = Date.UTC(2026, 0, 15, 6, 59, 30, 123);
+      readBirths(mappings, shape, start - 60_000);
       // A winter and a summer day, a message every 7.3 s for a few minutes of each.
       for (const day of [0, 181]) {
         let previous = Number.NEGATIVE_INFINITY;
@@ -115,14 +132,16 @@ describe("each profile, read by its mapping", () => {
             continue;
           }
           expect(row.timeMs).toBe(Math.floor(instant / resolutionMs) * resolutionMs);
-          expect(row.eventId).toBe(expected.eventId);
-          expect(event.key).toBe(`${row.timeMs}/${row.eventId}`);
+          if (expected.eventId !== undefined) expect(row.eventId).toBe(expected.eventId);
+          expect(event.key).toBe(`${expected.topic} ${row.timeMs}/${row.eventId}`);
           expect(row.timeMs).toBeGreaterThan(previous);
           previous = row.timeMs;
         }
       }
     });
 
+    // Sparkplug B's malformed messages are its own: see below.
+    if (profile.payload === "sparkplug-b") continue;
     const kinds = shapedBadKinds(profile);
     if (kinds.length === 0) {
       it(`${profile.name}: has no malformed message, since any bare value is stored`, () => {
@@ -162,6 +181,120 @@ describe("each profile, read by its mapping", () => {
   }
 });
 
+describe("sparkplug-b: an edge node and its device", () => {
+  const edge = () => shapeOf(openProfile(sparkplugB)) as SparkplugShape;
+  const start = Date.UTC(2026, 4, 1, 12);
+
+  it("sends NBIRTH (seq 0, its will's bdSeq) and DBIRTH, then DDATA by alias alone, read with each metric named", async () => {
+    const mappings = await serviceMappings(sparkplugB);
+    const shape = edge();
+    const will = shape.nextWill(start);
+    expect(will.topic).toBe("spBv1.0/Sim/NDEATH/dev-1");
+    const [nodeBirth, deviceBirth, ...rest] = shape.births(start);
+    expect(rest).toEqual([]);
+    expect(nodeBirth?.topic).toBe("spBv1.0/Sim/NBIRTH/dev-1");
+    expect(deviceBirth?.topic).toBe("spBv1.0/Sim/DBIRTH/dev-1/sensor");
+    const node = rowOf(
+      read(mappings, nodeBirth?.topic ?? "", nodeBirth?.payload ?? Buffer.alloc(0)),
+    );
+    expect(node).toMatchObject({ deviceId: "dev-1", eventId: "0", timeMs: start });
+    expect(JSON.parse(node.payload.toString()).metrics).toEqual({
+      bdSeq: 0,
+      "Node Control/Rebirth": false,
+    });
+    expect(decodePayload(will.payload).metrics).toMatchObject([
+      { name: "bdSeq", value: { value: 0 } },
+    ]);
+    const device = rowOf(
+      read(mappings, deviceBirth?.topic ?? "", deviceBirth?.payload ?? Buffer.alloc(0)),
+    );
+    expect(device).toMatchObject({ deviceId: "dev-1/sensor", eventId: "1", timeMs: start + 1 });
+    expect(JSON.parse(device.payload.toString()).datatypes).toEqual({
+      Temperature: "Float",
+      Humidity: "Float",
+      Battery: "Int32",
+    });
+
+    const event = shape.event(0, start + 1_000, false);
+    const sent = decodePayload(event.payload);
+    expect(sent.metrics.map((metric) => [metric.name, metric.alias])).toEqual([
+      [undefined, 10],
+      [undefined, 11],
+      [undefined, 12],
+    ]);
+    const row = rowOf(read(mappings, event.topic, event.payload));
+    expect(row).toMatchObject({ deviceId: "dev-1/sensor", eventId: "2", timeMs: start + 1_000 });
+    const { metrics } = JSON.parse(row.payload.toString());
+    expect(Object.keys(metrics)).toEqual(["Temperature", "Humidity", "Battery"]);
+    expect(metrics.Temperature).toBeGreaterThan(-30);
+    expect(metrics.Humidity).toBeGreaterThanOrEqual(0);
+    expect(Number.isInteger(metrics.Battery)).toBe(true);
+    expect(event.key).toBe(`${event.topic} ${row.timeMs}/2`);
+  });
+
+  it("numbers its messages 0–255 and never repeats (timestamp, seq) on a topic, in a burst too", async () => {
+    const mappings = await serviceMappings(sparkplugB);
+    const shape = edge();
+    readBirths(mappings, shape, start);
+    const seqs: number[] = [];
+    const keys = new Set<string>();
+    // 600 readings due at one and the same millisecond.
+    for (let n = 0; n < 600; n++) {
+      const event = shape.event(n, start, false);
+      const row = rowOf(read(mappings, event.topic, event.payload));
+      seqs.push(Number(row.eventId));
+      expect(keys.has(event.key)).toBe(false);
+      keys.add(event.key);
+    }
+    expect(seqs.slice(0, 3)).toEqual([2, 3, 4]);
+    expect(seqs[253]).toBe(255);
+    expect(seqs[254]).toBe(0);
+    expect(Math.max(...seqs)).toBe(255);
+  });
+
+  it("reborn on every connection: the next bdSeq, seq 0; a service that forgot its aliases dead-letters DDATA until then", async () => {
+    const shape = edge();
+    readBirths(await serviceMappings(sparkplugB), shape, start);
+    const data = shape.event(0, start + 10, false);
+
+    // The service restarts: it knows no alias of the edge node.
+    const restarted = await serviceMappings(sparkplugB);
+    const refused = read(restarted, data.topic, data.payload);
+    expect(refused?.ok === false && refused.reason).toBe("sparkplug_alias_unknown");
+
+    const will = shape.nextWill(start + 20);
+    expect(decodePayload(will.payload).metrics[0]).toMatchObject({
+      name: "bdSeq",
+      value: { value: 1 },
+    });
+    const [nodeBirth, deviceBirth] = shape.births(start + 20);
+    const node = rowOf(
+      read(restarted, nodeBirth?.topic ?? "", nodeBirth?.payload ?? Buffer.alloc(0)),
+    );
+    expect(node.eventId).toBe("0");
+    expect(JSON.parse(node.payload.toString()).metrics.bdSeq).toBe(1);
+    rowOf(read(restarted, deviceBirth?.topic ?? "", deviceBirth?.payload ?? Buffer.alloc(0)));
+    const after = shape.event(1, start + 30, false);
+    expect(rowOf(read(restarted, after.topic, after.payload)).eventId).toBe("2");
+  });
+
+  it("malformed: bytes that are no Sparkplug payload, or DDATA with an alias no BIRTH declared, marked with the run", async () => {
+    const mappings = await serviceMappings(sparkplugB);
+    const shape = edge();
+    readBirths(mappings, shape, start);
+    const reasons = new Set<string>();
+    for (let n = 0; n < 20; n++) {
+      const payload = shape.bad(n, start + n);
+      expect(payload.includes(runMarker("r-1"))).toBe(true);
+      expect(payload.indexOf(runMarker("r-1"))).toBeLessThan(4096);
+      const result = read(mappings, shape.topic, payload);
+      expect(result?.ok).toBe(false);
+      if (result?.ok === false) reasons.add(result.reason);
+    }
+    expect([...reasons].sort()).toEqual(["payload_not_sparkplug", "sparkplug_alias_unknown"]);
+  });
+});
+
 describe("device times", () => {
   it("tasmota writes the local time of the zone its mapping file names", async () => {
     for (const [zone, winter, summer] of [
@@ -195,6 +328,7 @@ describe("device times", () => {
     const autumn = Date.UTC(2026, 9, 25, 1, 0, 0);
     for (const [profile, reader] of mappings) {
       const shape = shapeOf(openProfile(profile));
+      readBirths(reader, shape, spring - 60_000);
       const instants = [
         ...Array.from({ length: 5 }, () => spring - 1_000),
         ...Array.from({ length: 3 }, (_, n) => spring + n * 1_000),
@@ -224,7 +358,7 @@ describe("device times", () => {
       const { key } = shape.event(n, n % 3 === 0 && late ? start - 3_600_000 : instant, late);
       expect(keys.has(key), key).toBe(false);
       keys.add(key);
-      if (late) expect(Number(key.split("/")[0])).toBeLessThan(start);
+      if (late) expect(Number(key.split(" ")[1]?.split("/")[0])).toBeLessThan(start);
     }
   });
 });
@@ -254,6 +388,15 @@ describe("--profile", () => {
       ],
       [["--profile", "homeassistant", "--clock-skew", "5"], /takes no --clock-skew/],
       [["--profile", "homeassistant", "--bad-rate", "0.1"], /takes no --bad-rate/],
+      [
+        ["--profile", "sparkplug-b", "--late-rate", "0.1"],
+        /^--profile sparkplug-b takes no --late-rate/,
+      ],
+      [
+        ["--profile", "sparkplug-b", "--devices", "10001"],
+        /^--devices 10001: a sparkplug-b device is an edge node, and the service keeps the aliases of at most 10,000/,
+      ],
+      [["--profile", "sparkplug-b", "--rate", "1001"], /at most 1000 messages a second/],
       [
         ["--profile", "shelly", "--topic-prefix", "x"],
         /takes no --topic-prefix: its devices publish on <device id>\/events\/rpc/,
