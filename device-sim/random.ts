@@ -29,7 +29,23 @@ export class Random {
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
   }
 
+  /** An integer from `min` to `max`, both included. */
+  int(min: number, max: number): number {
+    return min + Math.floor(this.next() * (max - min + 1));
+  }
+
   pick<T>(items: readonly T[]): T {
-    return items[Math.floor(this.next() * items.length)] as T;
+    return items[this.int(0, items.length - 1)] as T;
+  }
+
+  bytes(length: number): Buffer {
+    const buffer = Buffer.alloc(length);
+    for (let i = 0; i < length; i++) buffer[i] = this.int(0, 255);
+    return buffer;
+  }
+
+  /** An independent generator for one lane of work, still fixed by this one's seed. */
+  fork(): Random {
+    return new Random(this.int(0, 2 ** 32 - 1));
   }
 }

@@ -6,6 +6,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Random } from "../../device-sim/random.ts";
 import { IdentityStore } from "../../storage/identities.ts";
 import {
   connectDevice,
@@ -22,7 +23,7 @@ import {
   telemetryTopic,
   validFrame,
 } from "../helpers/fuzz-inputs.ts";
-import { Random, seedFrom } from "../helpers/random.ts";
+import { seedFrom } from "../helpers/random.ts";
 import { type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";

@@ -1,5 +1,5 @@
 import mqttPacket from "mqtt-packet";
-import type { Random } from "./random.ts";
+import type { Random } from "../../device-sim/random.ts";
 
 /**
  * Inputs a hostile or broken client could send: MQTT frames (valid ones
