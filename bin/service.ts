@@ -7,6 +7,7 @@ import { bridgedTopics } from "../bridge/mappings.ts";
 import { Metrics } from "../bridge/metrics.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { Partitions } from "../bridge/partitions.ts";
+import { startSource } from "../bridge/source.ts";
 import { type Access, createAccess } from "../broker/auth/access.ts";
 import { Authenticator } from "../broker/auth/authenticator.ts";
 import { IdentityDirectory } from "../broker/auth/identity-directory.ts";
@@ -174,6 +175,11 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       logger,
     });
 
+    const source = config.source
+      ? startSource(config.source, topics.filters, topics.bridged, writer, logger)
+      : undefined;
+    cleanup.push(() => source?.close());
+
     const stats = reportStats(writer, mqtt, logger);
     let closing: Promise<void> | undefined;
     const close = () => {
@@ -184,6 +190,8 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
         // Messages already received are committed and acknowledged; clients
         // that send more meanwhile are disconnected without a PUBACK.
         await writer.close();
+        // After the writer: what it committed from the source is acknowledged there first.
+        await source?.close();
         await new Promise((resolve) => setImmediate(resolve));
         await unwind();
       })();

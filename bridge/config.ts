@@ -50,6 +50,8 @@ export interface Config {
   bridgeTopics: string[];
   /** How to read devices' own shapes, from MAPPINGS_FILE; their filters are bridged too. */
   mappings: Mappings | undefined;
+  /** A broker the service subscribes to for the bridged filters (SOURCE_URL); unset: none. */
+  source: SourceConfig | undefined;
   /**
    * Longest a device waits for its PUBACK while PostgreSQL is slow or down;
    * then it is disconnected and resends. Capped by the client's keepalive.
@@ -105,6 +107,7 @@ export const defaults = {
   httpBodyLimitBytes: 1024 * 1024,
   bridgeTopics: ["telemetry/#"],
   mappings: undefined,
+  source: undefined,
   ingestTimeoutMs: 30_000,
   databaseUrl: undefined,
   dataDir: ".data",
@@ -142,6 +145,12 @@ export const CONFIG_VARIABLES = [
   "HTTP_BODY_LIMIT_BYTES",
   "BRIDGE_TOPICS",
   "MAPPINGS_FILE",
+  "SOURCE_URL",
+  "SOURCE_USERNAME",
+  "SOURCE_PASSWORD",
+  "SOURCE_CA_FILE",
+  "SOURCE_CLIENT_ID",
+  "SOURCE_PROTOCOL_VERSION",
   "INGEST_TIMEOUT_MS",
   "DATABASE_URL",
   "DATA_DIR",
@@ -157,6 +166,18 @@ export const CONFIG_VARIABLES = [
   "RETENTION_DAYS",
   "PARTITION_SCHEDULE",
 ] as const;
+
+/** The broker of SOURCE_URL and how to log in to it. */
+export interface SourceConfig {
+  url: string;
+  username: string | undefined;
+  password: string | undefined;
+  /** PEM CA that signs the source broker's certificate (mqtts://), when not a public one. */
+  caFile: string | undefined;
+  /** Fixed, so that the broker keeps the session (and what it holds unacknowledged) across restarts. */
+  clientId: string;
+  protocolVersion: 4 | 5;
+}
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -230,6 +251,40 @@ function mappings(env: Env): Mappings | undefined {
     if (error instanceof MappingError) throw new ConfigError(`MAPPINGS_FILE ${error.message}`);
     throw error;
   }
+}
+
+function source(env: Env): SourceConfig | undefined {
+  const raw = env.SOURCE_URL?.trim();
+  const username = env.SOURCE_USERNAME?.trim() || undefined;
+  const password = env.SOURCE_PASSWORD || undefined;
+  const caFile = readableFile(env, "SOURCE_CA_FILE");
+  const clientId = env.SOURCE_CLIENT_ID?.trim() || "telemetry-bridge";
+  const version = env.SOURCE_PROTOCOL_VERSION?.trim() || "4";
+  if (!raw) return undefined;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`SOURCE_URL must be a URL like mqtt://broker:1883 (got "${raw}")`);
+  }
+  if (url.protocol !== "mqtt:" && url.protocol !== "mqtts:") {
+    throw new ConfigError(
+      `SOURCE_URL must start with mqtt:// or mqtts:// (got "${url.protocol}//…")`,
+    );
+  }
+  if (version !== "4" && version !== "5") {
+    throw new ConfigError(
+      `SOURCE_PROTOCOL_VERSION must be 4 (MQTT 3.1.1) or 5 (got "${env.SOURCE_PROTOCOL_VERSION}")`,
+    );
+  }
+  return {
+    url: raw,
+    username,
+    password,
+    caFile,
+    clientId,
+    protocolVersion: version === "5" ? 5 : 4,
+  };
 }
 
 function host(env: Env, name: string, fallback: string): string {
@@ -354,6 +409,7 @@ export function loadConfig(env: Env = process.env): Config {
     ),
     bridgeTopics: topics(env),
     mappings: mappings(env),
+    source: source(env),
     ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
     databaseUrl: databaseUrl(env),
     dataDir: path.resolve(env.DATA_DIR?.trim() || defaults.dataDir),

@@ -1,0 +1,100 @@
+import fs from "node:fs";
+import mqtt from "mqtt";
+import type { Receipt } from "./batch-writer.ts";
+import type { SourceConfig } from "./config.ts";
+import type { Logger } from "./logger.ts";
+import type { RawMessage } from "./telemetry-message.ts";
+
+/** Where the source's messages go: the receipt is told once a message is committed. */
+export interface SourceIngest {
+  submit(message: RawMessage, receipt: Receipt): void;
+}
+
+export interface Source {
+  /** Closes the connection (once, however often called); messages not acknowledged stay with the broker. */
+  close(): Promise<void>;
+}
+
+/** A session the broker keeps for a day while the service is away (MQTT 5). */
+const SESSION_EXPIRY_S = 86_400;
+const RECONNECT_MS = 1000;
+
+/**
+ * Subscribes to `filters` on an external broker at QoS 1, in a persistent
+ * session under a fixed client id, and acknowledges each message only once
+ * it is committed (stored, a duplicate or a dead letter). A message the
+ * service could not commit is never acknowledged, so the broker keeps it and
+ * delivers it again after the service reconnects or restarts.
+ *
+ * mqtt.js takes the next message of a connection once the last one is
+ * handled, so one connection receives one message per commit.
+ */
+export function startSource(
+  config: SourceConfig,
+  filters: readonly string[],
+  bridged: (topic: string) => boolean,
+  ingest: SourceIngest,
+  logger: Logger,
+): Source {
+  const client = mqtt.connect(config.url, {
+    clientId: config.clientId,
+    username: config.username,
+    password: config.password,
+    ca: config.caFile ? fs.readFileSync(config.caFile) : undefined,
+    protocolVersion: config.protocolVersion,
+    clean: false,
+    properties:
+      config.protocolVersion === 5 ? { sessionExpiryInterval: SESSION_EXPIRY_S } : undefined,
+    reconnectPeriod: RECONNECT_MS,
+    // Subscribed below on every connection instead.
+    resubscribe: false,
+  });
+  client.handleMessage = (packet, done) => {
+    const { topic } = packet;
+    if (!bridged(topic)) {
+      done();
+      return;
+    }
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+    ingest.submit(
+      { topic, payload, clientId: null, receivedAtMs: Date.now() },
+      {
+        settle: () => done(),
+        // Not acknowledged: the broker delivers it again on the next connection.
+        fail: (error) => done(error as Error),
+      },
+    );
+  };
+  client.on("error", (error) =>
+    logger.warn({ source: redact(config.url), error: error.message }, "source broker"),
+  );
+  client.on("offline", () =>
+    logger.warn({ source: redact(config.url) }, "source broker unreachable; reconnecting"),
+  );
+  // Subscribed on every connection: a broker that lost the session (or a
+  // first start) has none to deliver on.
+  client.on("connect", (connack) => {
+    client.subscribe([...filters], { qos: 1 }, (error, granted) => {
+      const refused = (granted ?? []).filter((grant) => grant.qos > 1).map((grant) => grant.topic);
+      if (error || refused.length > 0) {
+        logger.error(
+          { source: redact(config.url), error: error?.message, refused },
+          "the source broker refused the subscriptions: nothing is received from it",
+        );
+        return;
+      }
+      logger.info(
+        { source: redact(config.url), filters, sessionPresent: connack.sessionPresent },
+        "subscribed to the source broker",
+      );
+    });
+  });
+  let closing: Promise<void> | undefined;
+  return { close: () => (closing ??= client.endAsync()) };
+}
+
+function redact(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = "***";
+  return parsed.toString();
+}
