@@ -2,6 +2,7 @@ import fs from "node:fs";
 import mqtt from "mqtt";
 import type { Receipt } from "./batch-writer.ts";
 import type { SourceConfig } from "./config.ts";
+import { redactUrl } from "./database.ts";
 import type { Logger } from "./logger.ts";
 import type { RawMessage } from "./telemetry-message.ts";
 
@@ -36,6 +37,7 @@ export function startSource(
   ingest: SourceIngest,
   logger: Logger,
 ): Source {
+  const shown = redactUrl(config.url);
   const client = mqtt.connect(config.url, {
     clientId: config.clientId,
     username: config.username,
@@ -66,10 +68,10 @@ export function startSource(
     );
   };
   client.on("error", (error) =>
-    logger.warn({ source: redact(config.url), error: error.message }, "source broker"),
+    logger.warn({ source: shown, error: error.message }, "source broker"),
   );
   client.on("offline", () =>
-    logger.warn({ source: redact(config.url) }, "source broker unreachable; reconnecting"),
+    logger.warn({ source: shown }, "source broker unreachable; reconnecting"),
   );
   // Subscribed on every connection: a broker that lost the session (or a
   // first start) has none to deliver on.
@@ -78,23 +80,17 @@ export function startSource(
       const refused = (granted ?? []).filter((grant) => grant.qos > 1).map((grant) => grant.topic);
       if (error || refused.length > 0) {
         logger.error(
-          { source: redact(config.url), error: error?.message, refused },
+          { source: shown, error: error?.message, refused },
           "the source broker refused the subscriptions: nothing is received from it",
         );
         return;
       }
       logger.info(
-        { source: redact(config.url), filters, sessionPresent: connack.sessionPresent },
+        { source: shown, filters, sessionPresent: connack.sessionPresent },
         "subscribed to the source broker",
       );
     });
   });
   let closing: Promise<void> | undefined;
   return { close: () => (closing ??= client.endAsync()) };
-}
-
-function redact(url: string): string {
-  const parsed = new URL(url);
-  if (parsed.password) parsed.password = "***";
-  return parsed.toString();
 }
