@@ -1,6 +1,5 @@
 import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
-import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
@@ -8,7 +7,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { connectDevice, reading } from "../helpers/device.ts";
 import { healthcheck } from "../helpers/dockerfile.ts";
 import { createDataDir } from "../helpers/embedded-server.ts";
-import { freePort } from "../helpers/free-port.ts";
+import { connectOutcome, freePort } from "../helpers/free-port.ts";
 import { runCommand } from "../helpers/run-command.ts";
 import { type ServiceProcess, spawnUntilReady } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
@@ -65,15 +64,8 @@ function alive(pid: number): boolean {
   }
 }
 
-function refused(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: "127.0.0.1", port });
-    socket.once("connect", () => {
-      socket.destroy();
-      resolve(false);
-    });
-    socket.once("error", (error: NodeJS.ErrnoException) => resolve(error.code === "ECONNREFUSED"));
-  });
+async function refused(port: number): Promise<boolean> {
+  return (await connectOutcome(port)) === "ECONNREFUSED";
 }
 
 /** Lines of the service's log with this message. */

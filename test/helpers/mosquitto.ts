@@ -1,11 +1,10 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import fs from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { freePort } from "./free-port.ts";
+import { connectOutcome, freePort } from "./free-port.ts";
 
 export interface Mosquitto {
   port: number;
@@ -31,15 +30,7 @@ export async function startMosquitto(settings: string[] = []): Promise<Mosquitto
   const child: ChildProcess = spawn("mosquitto", ["-c", config], { stdio: "ignore" });
   const exited = once(child, "exit");
   for (let attempt = 0; ; attempt++) {
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = net.connect(port, "127.0.0.1");
-      socket.once("connect", () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once("error", () => resolve(false));
-    });
-    if (open) break;
+    if ((await connectOutcome(port)) === "open") break;
     if (attempt > 100 || child.exitCode !== null)
       throw new Error(`mosquitto did not start on ${port}`);
     await sleep(50);
