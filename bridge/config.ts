@@ -151,6 +151,8 @@ export const CONFIG_VARIABLES = [
   "SOURCE_CA_FILE",
   "SOURCE_CLIENT_ID",
   "SOURCE_PROTOCOL_VERSION",
+  "SOURCE_SHARE_GROUP",
+  "SOURCE_CONNECTIONS",
   "INGEST_TIMEOUT_MS",
   "DATABASE_URL",
   "DATA_DIR",
@@ -177,6 +179,14 @@ export interface SourceConfig {
   /** Fixed, so that the broker keeps the session (and what it holds unacknowledged) across restarts. */
   clientId: string;
   protocolVersion: 4 | 5;
+  /**
+   * Subscribe as a member of this shared-subscription group
+   * (`$share/<group>/<filter>`), so that several connections or processes
+   * split the stream; unset: a plain subscription.
+   */
+  shareGroup: string | undefined;
+  /** Connections to open, each a member of the share group under `<clientId>-<n>`. */
+  connections: number;
 }
 
 export class ConfigError extends Error {
@@ -260,6 +270,8 @@ function source(env: Env): SourceConfig | undefined {
   const caFile = readableFile(env, "SOURCE_CA_FILE");
   const clientId = env.SOURCE_CLIENT_ID?.trim() || "telemetry-bridge";
   const version = env.SOURCE_PROTOCOL_VERSION?.trim() || "4";
+  const shareGroup = env.SOURCE_SHARE_GROUP?.trim() || undefined;
+  const connections = integer(env, "SOURCE_CONNECTIONS", 1, 1, 64);
   if (!raw) return undefined;
   let url: URL;
   try {
@@ -277,6 +289,16 @@ function source(env: Env): SourceConfig | undefined {
       `SOURCE_PROTOCOL_VERSION must be 4 (MQTT 3.1.1) or 5 (got "${env.SOURCE_PROTOCOL_VERSION}")`,
     );
   }
+  if (shareGroup !== undefined && !/^[^/+#]+$/.test(shareGroup)) {
+    throw new ConfigError(
+      `SOURCE_SHARE_GROUP must be a name without "/", "+" or "#" (got "${env.SOURCE_SHARE_GROUP}")`,
+    );
+  }
+  if (connections > 1 && shareGroup === undefined) {
+    throw new ConfigError(
+      "SOURCE_CONNECTIONS above 1 needs SOURCE_SHARE_GROUP: without a share group every connection would receive every message",
+    );
+  }
   return {
     url: raw,
     username,
@@ -284,6 +306,8 @@ function source(env: Env): SourceConfig | undefined {
     caFile,
     clientId,
     protocolVersion: version === "5" ? 5 : 4,
+    shareGroup,
+    connections,
   };
 }
 

@@ -37,9 +37,37 @@ export function startSource(
   ingest: SourceIngest,
   logger: Logger,
 ): Source {
+  const subscriptions = filters.map((filter) =>
+    config.shareGroup === undefined ? filter : `$share/${config.shareGroup}/${filter}`,
+  );
+  const clients = Array.from({ length: config.connections }, (_, n) =>
+    connect(
+      config,
+      config.connections === 1 ? config.clientId : `${config.clientId}-${n + 1}`,
+      subscriptions,
+      bridged,
+      ingest,
+      logger,
+    ),
+  );
+  let closing: Promise<void> | undefined;
+  return {
+    close: () =>
+      (closing ??= Promise.all(clients.map((client) => client.endAsync())).then(() => undefined)),
+  };
+}
+
+function connect(
+  config: SourceConfig,
+  clientId: string,
+  subscriptions: readonly string[],
+  bridged: (topic: string) => boolean,
+  ingest: SourceIngest,
+  logger: Logger,
+): mqtt.MqttClient {
   const shown = redactUrl(config.url);
   const client = mqtt.connect(config.url, {
-    clientId: config.clientId,
+    clientId,
     username: config.username,
     password: config.password,
     ca: config.caFile ? fs.readFileSync(config.caFile) : undefined,
@@ -76,7 +104,7 @@ export function startSource(
   // Subscribed on every connection: a broker that lost the session (or a
   // first start) has none to deliver on.
   client.on("connect", (connack) => {
-    client.subscribe([...filters], { qos: 1 }, (error, granted) => {
+    client.subscribe([...subscriptions], { qos: 1 }, (error, granted) => {
       const refused = (granted ?? []).filter((grant) => grant.qos > 1).map((grant) => grant.topic);
       if (error || refused.length > 0) {
         logger.error(
@@ -86,11 +114,10 @@ export function startSource(
         return;
       }
       logger.info(
-        { source: shown, filters, sessionPresent: connack.sessionPresent },
+        { source: shown, clientId, subscriptions, sessionPresent: connack.sessionPresent },
         "subscribed to the source broker",
       );
     });
   });
-  let closing: Promise<void> | undefined;
-  return { close: () => (closing ??= client.endAsync()) };
+  return client;
 }

@@ -50,6 +50,8 @@ describe("loadConfig", () => {
       SOURCE_CA_FILE: pem,
       SOURCE_CLIENT_ID: "tb-1",
       SOURCE_PROTOCOL_VERSION: "5",
+      SOURCE_SHARE_GROUP: "ingest",
+      SOURCE_CONNECTIONS: "4",
       INGEST_TIMEOUT_MS: "5000",
       DATABASE_URL: "postgres://u:p@db:5432/x",
       DATA_DIR: "/var/lib/tb",
@@ -92,6 +94,8 @@ describe("loadConfig", () => {
         caFile: pem,
         clientId: "tb-1",
         protocolVersion: 5,
+        shareGroup: "ingest",
+        connections: 4,
       },
       ingestTimeoutMs: 5000,
       databaseUrl: "postgres://u:p@db:5432/x",
@@ -124,6 +128,18 @@ describe("loadConfig", () => {
       [
         { SOURCE_URL: "mqtt://b", SOURCE_PROTOCOL_VERSION: "3" },
         /^SOURCE_PROTOCOL_VERSION must be 4/,
+      ],
+      [
+        { SOURCE_URL: "mqtt://b", SOURCE_SHARE_GROUP: "a/b" },
+        /^SOURCE_SHARE_GROUP must be a name without "\/"/,
+      ],
+      [
+        { SOURCE_URL: "mqtt://b", SOURCE_CONNECTIONS: "2" },
+        /^SOURCE_CONNECTIONS above 1 needs SOURCE_SHARE_GROUP/,
+      ],
+      [
+        { SOURCE_URL: "mqtt://b", SOURCE_CONNECTIONS: "0" },
+        /^SOURCE_CONNECTIONS must be an integer from 1 to 64/,
       ],
       [{ RETENTION_DAYS: "0" }, /^RETENTION_DAYS /],
       [{ DATABASE_URL: "mysql://x" }, /^DATABASE_URL must start with postgres:\/\//],
