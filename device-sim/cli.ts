@@ -3,7 +3,7 @@ import { deviceIdentity, FleetCounters } from "./device.ts";
 import { type FleetRun, runFleet } from "./fleet.ts";
 import { helpText, parseOptions, type SimOptions, UsageError } from "./options.ts";
 import { identityWarning, startLine } from "./profiles/index.ts";
-import { showProgress } from "./progress.ts";
+import { showProgress, showStorageProgress } from "./progress.ts";
 import { ConnectionRefused, refusalCode } from "./refusal.ts";
 import { formatSummary, summarize } from "./summary.ts";
 import { verifyRun } from "./verify.ts";
@@ -69,7 +69,9 @@ async function main(): Promise<number> {
     return 2;
   }
   const summary = summarize(options, run);
-  if (options.verifyUrl) summary.verification = await verifyRun(options.verifyUrl, options, run);
+  if (options.verifyUrl) {
+    summary.verification = await verifyRun(options.verifyUrl, options, run, showStorageProgress());
+  }
   console.log(options.json ? JSON.stringify(summary, null, 2) : formatSummary(summary));
   return summary.verification?.pass === false ? 1 : 0;
 }

@@ -77,6 +77,10 @@ const FLAGS = {
     shown: "off",
     help: "after the run, check that PostgreSQL at this URL (or $DATABASE_URL with --verify env) holds each acknowledged event once (at least once for a profile without id or time)",
   },
+  "verify-wait": {
+    default: "0",
+    help: "with --verify, check again every second for up to this many seconds until PostgreSQL holds every acknowledged event and dead letter: in bridge mode (SOURCE_URL) the broker acknowledges before the service stores",
+  },
   json: { default: "", shown: "off", help: "print the summary as JSON", boolean: true },
   help: { default: "", shown: "off", help: "show this help", boolean: true },
 } as const;
@@ -111,6 +115,8 @@ export interface SimOptions {
   /** --username and --password: every device logs in as this identity. */
   login: Login | undefined;
   verifyUrl: string | undefined;
+  /** --verify-wait: how long verification waits for the events to be stored; 0 checks once. */
+  verifyWaitS: number;
   json: boolean;
   /** --profile and its mapping file; undefined for the default shape. */
   profile: OpenProfile | undefined;
@@ -137,6 +143,7 @@ export function helpText(): string {
     "",
     "Examples: npm run sim -- --devices 1000 --rate 2 --duration 30 --dup-rate 0.05 --verify env",
     "          npm run sim -- --credentials secrets.txt --rate 2 --duration 30 --verify env",
+    "          npm run sim -- --url mqtt://mosquitto:1883 --verify env --verify-wait 60   (bridge mode)",
     "          MAPPINGS_FILE=mappings/tasmota.yaml npm start, then npm run sim -- --profile tasmota --verify env",
   ].join("\n");
 }
@@ -238,6 +245,10 @@ export function parseOptions(
   if (verifyUrl && !/^postgres(ql)?:\/\//.test(verifyUrl)) {
     throw new UsageError(`--verify must be a postgres:// URL or "env" (got "${verifyUrl}")`);
   }
+  const verifyWaitS = number("verify-wait", get("verify-wait"), 0, 86_400);
+  if (verifyWaitS > 0 && !verifyUrl) {
+    throw new UsageError("--verify-wait needs --verify: it is how long verification waits");
+  }
   const credentialsFile = get("credentials");
   const username = get("username");
   const password = get("password");
@@ -282,6 +293,7 @@ export function parseOptions(
     credentials,
     login: username ? { username, password } : undefined,
     verifyUrl,
+    verifyWaitS,
     json: values.json === true,
     profile: readProfile(get("profile")),
   };

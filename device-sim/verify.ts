@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { runMarker } from "./faults.ts";
 import type { FleetRun } from "./fleet.ts";
@@ -18,7 +19,32 @@ export interface Verification {
   rejected: number;
   badExpected: number;
   problems: string[];
+  /** With --verify-wait: seconds from the end of the run until the check that is reported. */
+  waitedS?: number;
 }
+
+/** How far storage has got, after each check while verification waits. */
+export interface StorageProgress {
+  /** Expected events stored. */
+  stored: number;
+  expected: number;
+  /** Acknowledged malformed messages dead-lettered. */
+  deadLetters: number;
+  badExpected: number;
+  waitedS: number;
+  leftS: number;
+  /**
+   * Why the wait is over: everything is stored, the time is up, or, with
+   * QoS 0, nothing more was stored for a while; absent while it goes on.
+   */
+  ended?: "stored" | "timeout" | "settled";
+}
+
+/** Between two checks while verification waits. */
+const POLL_MS = 1_000;
+
+/** With QoS 0 a message may be lost: once nothing more is stored for this long, waiting ends. */
+export const QOS0_SETTLE_MS = 5_000;
 
 /**
  * The service's clock and the simulator's may differ a little: rows received
@@ -252,9 +278,14 @@ async function unnamedMetrics(client: pg.Client, run: FleetRun): Promise<number>
   return rows[0]?.n ?? 0;
 }
 
-/** When the service received the run's messages, give or take its clock. */
+/**
+ * When the service received the run's messages, give or take its clock: from
+ * the run's start until now, as a bridged broker's messages are stored after
+ * it acknowledged them, while verification waits.
+ */
 function windowOf(run: FleetRun): [Date, Date] {
-  return [new Date(run.startedAt - CLOCK_MARGIN_MS), new Date(run.endedAt + CLOCK_MARGIN_MS)];
+  const until = Math.max(run.endedAt, Date.now());
+  return [new Date(run.startedAt - CLOCK_MARGIN_MS), new Date(until + CLOCK_MARGIN_MS)];
 }
 
 /**
@@ -264,82 +295,135 @@ function windowOf(run: FleetRun): [Date, Date] {
  * acknowledged malformed message was dead-lettered. With QoS 0 nothing is
  * acknowledged, so a missing event is reported but allowed.
  */
+async function check(client: pg.Client, options: SimOptions, run: FleetRun): Promise<Verification> {
+  const open = options.profile;
+  const identity = open?.identity;
+  const tally = await (open === undefined
+    ? tallyRunEvents(client, run)
+    : identity === "none"
+      ? tallyPayloads(client, run, open)
+      : tallyKeyed(client, run, open));
+  // Identical malformed messages on a topic (two in a row share a seq) are
+  // one dead letter counting its occurrences.
+  const rejected = await client.query<{ n: number }>(
+    `SELECT coalesce(sum(occurrences), 0)::int AS n FROM telemetry_rejected
+      WHERE topic = ANY($1) AND position($2::bytea IN payload) > 0`,
+    [run.devices.map((device) => device.shape.topic), runMarker(options.runId)],
+  );
+  const rejectedCount = rejected.rows[0]?.n ?? 0;
+  const badExpected = run.counters.badAcked;
+
+  const problems: string[] = [];
+  const sample = (keys: string[]) => keys.slice(0, 5).join(", ") + (keys.length > 5 ? ", …" : "");
+  if (tally.missing.length > 0 && options.qos === 1) {
+    problems.push(`missing: ${sample(tally.missing)}`);
+  }
+  if (tally.duplicated.length > 0 && identity !== "none") {
+    problems.push(`stored twice: ${sample(tally.duplicated)}`);
+  }
+  if (tally.strangers.length > 0) problems.push(`never sent: ${sample(tally.strangers)}`);
+  if (rejectedCount < badExpected) {
+    problems.push(
+      `${badExpected} bad messages acknowledged but only ${rejectedCount} dead-lettered`,
+    );
+  }
+  if (options.profile) {
+    const { mappingsFile } = options.profile.profile;
+    const refused = await client.query<{ n: number }>(
+      `SELECT coalesce(sum(occurrences), 0)::int AS n FROM telemetry_rejected
+        WHERE topic = ANY($1) AND reason = 'not_authorized' AND last_received_at >= $2`,
+      [topicsOf(run), windowOf(run)[0]],
+    );
+    const notAuthorized = refused.rows[0]?.n ?? 0;
+    if (notAuthorized > 0) {
+      problems.push(
+        `${notAuthorized} refused as not_authorized: a device identity publishes only as the device ${mappingsFile} stores its topic under; a gateway identity publishes where its rules allow`,
+      );
+    } else if (tally.stored === 0 && tally.expected > 0) {
+      problems.push(
+        `nothing of the run is stored: is the service reading MAPPINGS_FILE=${mappingsFile}?`,
+      );
+    }
+    if (options.profile.profile.payload === "sparkplug-b") {
+      const unnamed = await unnamedMetrics(client, run);
+      if (unnamed > 0) {
+        problems.push(
+          `${unnamed} stored rows without payload->'metrics' naming ${SPARKPLUG_METRICS.map((metric) => metric.name).join(", ")}`,
+        );
+      }
+    }
+  }
+  return {
+    pass: problems.length === 0,
+    expected: tally.expected,
+    stored: tally.stored,
+    missing: tally.missing.length,
+    duplicated: tally.duplicated.length,
+    unexpected: tally.unexpected,
+    rejected: rejectedCount,
+    badExpected,
+    problems,
+  };
+}
+
+/** Whether PostgreSQL holds every expected event and dead letter. */
+function complete(verification: Verification): boolean {
+  return verification.missing === 0 && verification.rejected >= verification.badExpected;
+}
+
+/**
+ * Checks the run (as `check` above). With --verify-wait, a bridged broker
+ * has acknowledged messages that the service may not have stored yet: checks
+ * again every second until nothing expected is missing and every dead letter
+ * is there, or the time is up, then reports the last check. `onProgress`
+ * hears of each check that finds something missing, and of the end of the wait.
+ */
 export async function verifyRun(
   databaseUrl: string,
   options: SimOptions,
   run: FleetRun,
+  onProgress?: (progress: StorageProgress) => void,
 ): Promise<Verification> {
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {
-    const open = options.profile;
-    const identity = open?.identity;
-    const tally = await (open === undefined
-      ? tallyRunEvents(client, run)
-      : identity === "none"
-        ? tallyPayloads(client, run, open)
-        : tallyKeyed(client, run, open));
-    // Identical malformed messages on a topic (two in a row share a seq) are
-    // one dead letter counting its occurrences.
-    const rejected = await client.query<{ n: number }>(
-      `SELECT coalesce(sum(occurrences), 0)::int AS n FROM telemetry_rejected
-        WHERE topic = ANY($1) AND position($2::bytea IN payload) > 0`,
-      [run.devices.map((device) => device.shape.topic), runMarker(options.runId)],
-    );
-    const rejectedCount = rejected.rows[0]?.n ?? 0;
-    const badExpected = run.counters.badAcked;
-
-    const problems: string[] = [];
-    const sample = (keys: string[]) => keys.slice(0, 5).join(", ") + (keys.length > 5 ? ", …" : "");
-    if (tally.missing.length > 0 && options.qos === 1) {
-      problems.push(`missing: ${sample(tally.missing)}`);
-    }
-    if (tally.duplicated.length > 0 && identity !== "none") {
-      problems.push(`stored twice: ${sample(tally.duplicated)}`);
-    }
-    if (tally.strangers.length > 0) problems.push(`never sent: ${sample(tally.strangers)}`);
-    if (rejectedCount < badExpected) {
-      problems.push(
-        `${badExpected} bad messages acknowledged but only ${rejectedCount} dead-lettered`,
-      );
-    }
-    if (options.profile) {
-      const { mappingsFile } = options.profile.profile;
-      const refused = await client.query<{ n: number }>(
-        `SELECT coalesce(sum(occurrences), 0)::int AS n FROM telemetry_rejected
-          WHERE topic = ANY($1) AND reason = 'not_authorized' AND last_received_at >= $2`,
-        [topicsOf(run), windowOf(run)[0]],
-      );
-      const notAuthorized = refused.rows[0]?.n ?? 0;
-      if (notAuthorized > 0) {
-        problems.push(
-          `${notAuthorized} refused as not_authorized: a device identity publishes only as the device ${mappingsFile} stores its topic under; a gateway identity publishes where its rules allow`,
-        );
-      } else if (tally.stored === 0 && tally.expected > 0) {
-        problems.push(
-          `nothing of the run is stored: is the service reading MAPPINGS_FILE=${mappingsFile}?`,
-        );
+    const started = performance.now();
+    let verification = await check(client, options, run);
+    if (options.verifyWaitS === 0) return verification;
+    const deadline = started + options.verifyWaitS * 1000;
+    const reached = (v: Verification) =>
+      v.expected - v.missing + Math.min(v.rejected, v.badExpected);
+    let last = reached(verification);
+    let changedAt = started;
+    for (let checks = 1; ; checks++) {
+      const now = performance.now();
+      const ended = complete(verification)
+        ? "stored"
+        : now >= deadline
+          ? "timeout"
+          : options.qos === 0 && now - changedAt >= QOS0_SETTLE_MS
+            ? "settled"
+            : undefined;
+      const waitedS = Math.round((now - started) / 100) / 10;
+      if (ended !== "stored" || checks > 1) {
+        onProgress?.({
+          stored: verification.expected - verification.missing,
+          expected: verification.expected,
+          deadLetters: Math.min(verification.rejected, verification.badExpected),
+          badExpected: verification.badExpected,
+          waitedS,
+          leftS: Math.max(0, Math.ceil((deadline - now) / 1000)),
+          ended,
+        });
       }
-      if (options.profile.profile.payload === "sparkplug-b") {
-        const unnamed = await unnamedMetrics(client, run);
-        if (unnamed > 0) {
-          problems.push(
-            `${unnamed} stored rows without payload->'metrics' naming ${SPARKPLUG_METRICS.map((metric) => metric.name).join(", ")}`,
-          );
-        }
+      if (ended) return { ...verification, waitedS };
+      await sleep(Math.min(POLL_MS, deadline - now));
+      verification = await check(client, options, run);
+      if (reached(verification) !== last) {
+        last = reached(verification);
+        changedAt = performance.now();
       }
     }
-    return {
-      pass: problems.length === 0,
-      expected: tally.expected,
-      stored: tally.stored,
-      missing: tally.missing.length,
-      duplicated: tally.duplicated.length,
-      unexpected: tally.unexpected,
-      rejected: rejectedCount,
-      badExpected,
-      problems,
-    };
   } finally {
     await client.end();
   }

@@ -36,6 +36,7 @@ describe("simulator flags", () => {
       credentials: undefined,
       login: undefined,
       verifyUrl: undefined,
+      verifyWaitS: 0,
       json: false,
     });
     expect(options?.runId).toMatch(/^[a-z0-9]{1,8}$/);
@@ -49,6 +50,7 @@ describe("simulator flags", () => {
         ...["--topic-prefix", "plant", "--clock-skew", "60", "--dup-rate", "0.1"],
         ...["--reconnect-rate", "0.01", "--bad-rate", "0.02", "--late-rate", "0.03"],
         ...["--username", "ops", "--password", "s3:cret", "--verify", "env", "--json"],
+        ...["--verify-wait", "2.5"],
       ],
       { DATABASE_URL: "postgres://db/x" },
     );
@@ -72,6 +74,7 @@ describe("simulator flags", () => {
       credentials: undefined,
       login: { username: "ops", password: "s3:cret" },
       verifyUrl: "postgres://db/x",
+      verifyWaitS: 2.5,
       json: true,
     });
   });
@@ -85,6 +88,12 @@ describe("simulator flags", () => {
       [["--url", "http://x"], /^--url must look like mqtt:/],
       [["--verify", "env"], /needs DATABASE_URL/],
       [["--topic-prefix", "a/#"], /^--topic-prefix/],
+      [["--verify-wait", "30"], /^--verify-wait needs --verify/],
+      [
+        ["--verify", "postgres://db/x", "--verify-wait=-1"],
+        /^--verify-wait must be a number from 0 to 86400/,
+      ],
+      [["--verify", "postgres://db/x", "--verify-wait", "soon"], /^--verify-wait must be a number/],
       [["--frobnicate"], /frobnicate/],
       [["--username", "ops"], /--username and --password go together/],
       [["--password", "x"], /--username and --password go together/],
@@ -113,7 +122,7 @@ describe("simulator flags", () => {
         "run-id",
       ],
       ...["topic-prefix", "clock-skew", "dup-rate", "reconnect-rate", "bad-rate", "late-rate"],
-      ...["credentials", "username", "password", "verify", "json", "help"],
+      ...["credentials", "username", "password", "verify", "verify-wait", "json", "help"],
     ];
     for (const flag of flags) {
       expect(help).toMatch(new RegExp(`^  --${flag} .*\\(default: [^)]+\\)$`, "m"));
