@@ -1,5 +1,6 @@
 /**
  * npm run bench -- [--messages N] [--rows N] [--batch N] [--window-keys N] [--storm-devices N] [--json]
+ *   [--only bridge] [--bridge-connections 1,8] [--bridge-protocol 4|5] [--bridge-inflight N]
  * npm run bench -- --soak SECONDS --soak-rate MSG_PER_S
  *
  * Runs against DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL.
@@ -7,6 +8,7 @@
 import { parseArgs } from "node:util";
 import { AUTH_DEFAULTS } from "../broker/auth/authenticator.ts";
 import { startTestServer, type TestServer } from "../test/helpers/embedded-server.ts";
+import { type BridgeReport, benchBridgeMode, sharedVariant } from "./bridge-mode.ts";
 import { benchConnectStorm } from "./connect-storm.ts";
 import { benchDedupWindow } from "./dedup-window.ts";
 import {
@@ -29,6 +31,10 @@ const { values: args } = parseArgs({
     "storm-devices": { type: "string", default: "" },
     soak: { type: "string", default: "" },
     "soak-rate": { type: "string", default: "5000" },
+    only: { type: "string", default: "" },
+    "bridge-connections": { type: "string", default: "1,8" },
+    "bridge-protocol": { type: "string", default: "4" },
+    "bridge-inflight": { type: "string", default: "0" },
     json: { type: "boolean", default: false },
   },
 });
@@ -81,12 +87,80 @@ async function soak(serverUrl: string, seconds: number, rate: number): Promise<v
   console.log(`growth after the first fifth: ${growth} MiB; peak ${fmt(result.peakRssMiB)} MiB`);
 }
 
+/** Bridge mode against a Mosquitto of its own: the report, or why it was skipped. */
+function bridgeMode(serverUrl: string, messages: number): Promise<BridgeReport | string> {
+  const connections = args["bridge-connections"]
+    .split(",")
+    .map((n) => positive("bridge-connections", n.trim()));
+  const protocol = args["bridge-protocol"];
+  if (protocol !== "4" && protocol !== "5") throw new Error("--bridge-protocol must be 4 or 5");
+  const inflight = Number(args["bridge-inflight"]);
+  if (!Number.isInteger(inflight) || inflight < 0) {
+    throw new Error("--bridge-inflight must be 0 (no maximum) or a positive integer");
+  }
+  return benchBridgeMode(
+    serverUrl,
+    connections.map(sharedVariant),
+    { messages, protocolVersion: protocol === "4" ? 4 : 5, inflight },
+    progress,
+  );
+}
+
+function printBridgeMode(bridge: BridgeReport | string, messages: number): void {
+  if (typeof bridge === "string") {
+    console.log(`\nbridge mode: skipped, ${bridge}`);
+    return;
+  }
+  const { devices, inflight } = bridge.publishers;
+  console.log(
+    `\nbridge mode, ${fmt(messages)} messages a run from ${devices} publishers × ${inflight} in flight (QoS 1) ` +
+      `through ${bridge.mosquitto.version} (${bridge.mosquitto.settings.join(", ")}) ` +
+      `to an MQTT ${bridge.protocolVersion === 4 ? "3.1.1" : "5"} subscriber, QoS 1, persistent session; ` +
+      "msg/s from the first message received to the last one received (ceiling) or committed\n",
+  );
+  console.log(
+    "| scenario | connections | msg/s | × ceiling | × naive | publishers msg/s | subscriber CPU s | exactly once |",
+  );
+  console.log("|---|---|---:|---:|---:|---:|---:|---|");
+  const of = (scenario: string) =>
+    bridge.results.find((r) => r.scenario === scenario)?.perSecond ?? Number.NaN;
+  for (const r of bridge.results) {
+    const connections =
+      r.env.SOURCE_SHARE_GROUP === undefined
+        ? String(r.connections)
+        : `${r.connections} ($share/${r.env.SOURCE_SHARE_GROUP})`;
+    console.log(
+      `| ${r.scenario} | ${connections} | ${fmt(r.perSecond)} | ${fmt(r.perSecond / of("ceiling"), 2)} | ` +
+        `${fmt(r.perSecond / of("naive"), 2)} | ${fmt(r.publishedPerSecond)} | ${fmt(r.cpuSeconds, 1)} | ` +
+        `${r.exactlyOnce ? "yes" : "**NO**"} |`,
+    );
+  }
+}
+
+function bridgeFailures(bridge: BridgeReport | string): string[] {
+  if (typeof bridge === "string") return [];
+  return bridge.results
+    .filter((r) => !r.exactlyOnce)
+    .map((r) => `bridge mode ${r.scenario} with ${r.connections} connection(s)`);
+}
+
 async function main(serverUrl: string): Promise<void> {
   if (args.soak) {
     await soak(serverUrl, positive("soak", args.soak), positive("soak-rate", args["soak-rate"]));
     return;
   }
   const messages = positive("messages", args.messages);
+  if (args.only !== "" && args.only !== "bridge") {
+    throw new Error(`--only takes "bridge" (got "${args.only}")`);
+  }
+  if (args.only === "bridge") {
+    const bridge = await bridgeMode(serverUrl, messages);
+    if (args.json) console.log(JSON.stringify({ bridge }, null, 2));
+    else printBridgeMode(bridge, messages);
+    const failed = bridgeFailures(bridge);
+    if (failed.length > 0) throw new Error(`not exactly once: ${failed.join("; ")}`);
+    return;
+  }
   const rows = positive("rows", args.rows);
   const batch = positive("batch", args.batch);
   const windowKeys = positive("window-keys", args["window-keys"]);
@@ -108,6 +182,7 @@ async function main(serverUrl: string): Promise<void> {
       pipeline.push(await benchScenario(serverUrl, scenario, shape, messages));
     }
   }
+  const bridge = await bridgeMode(serverUrl, messages);
   progress(`connect storm: ${stormDevices} devices…`);
   const storm = await benchConnectStorm(serverUrl, stormDevices);
   const writers = await benchWriters(serverUrl, rows, batch, progress);
@@ -134,7 +209,11 @@ async function main(serverUrl: string): Promise<void> {
 
   if (args.json) {
     console.log(
-      JSON.stringify({ pipeline, ratios, storm, batch, ...writers, window, reading }, null, 2),
+      JSON.stringify(
+        { pipeline, ratios, bridge, storm, batch, ...writers, window, reading },
+        null,
+        2,
+      ),
     );
   } else {
     console.log(`\nend to end, QoS 1, ${fmt(messages)} messages a run, publish → PUBACK\n`);
@@ -160,6 +239,7 @@ async function main(serverUrl: string): Promise<void> {
         } |`,
       );
     }
+    printBridgeMode(bridge, messages);
     console.log(
       `\nconnect storm: ${fmt(stormDevices)} devices connecting at once to a freshly started service, then again after all disconnected\n`,
     );
@@ -205,11 +285,8 @@ async function main(serverUrl: string): Promise<void> {
       );
     }
   }
-  if (failed.length > 0) {
-    throw new Error(
-      `not exactly once: ${failed.map((r) => `${r.scenario}, ${r.shape}`).join("; ")}`,
-    );
-  }
+  const notOnce = [...failed.map((r) => `${r.scenario}, ${r.shape}`), ...bridgeFailures(bridge)];
+  if (notOnce.length > 0) throw new Error(`not exactly once: ${notOnce.join("; ")}`);
 }
 
 let server: TestServer | undefined;
