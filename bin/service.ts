@@ -18,11 +18,12 @@ import { type HttpServer, startHttpServer } from "../http/server.ts";
 import { IdentityStore } from "../storage/identities.ts";
 
 export interface Service {
-  mqttPort: number;
+  /** Unset while the embedded broker is off (EMBEDDED_BROKER=off). */
+  mqttPort: number | undefined;
   httpPort: number;
   database: Database;
   writer: BatchWriter;
-  mqtt: MqttServer;
+  mqtt: MqttServer | undefined;
   access: Access;
   /** Clients without credentials are accepted (see `anonymousAllowed`). */
   anonymous: boolean;
@@ -123,43 +124,44 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     cleanup.push(() => watcher.close());
     await watcher.ready;
 
-    const hooks = createIngestHooks({
-      ingest: writer,
-      bridged: topics.bridged,
-      timeoutMs: config.ingestTimeoutMs,
-      access,
-      logger,
-    });
-    const mqtt = await startMqttServer(
-      {
-        host: config.mqttHost,
-        port: config.mqttPort,
-        tls:
-          config.tlsCertFile && config.tlsKeyFile
-            ? {
-                port: config.mqttsPort,
-                certFile: config.tlsCertFile,
-                keyFile: config.tlsKeyFile,
-                caFile: config.tlsCaFile,
-              }
-            : undefined,
-        wsPort: config.mqttWsPort,
-        limits: mqttLimits(config),
-      },
-      {
-        ...hooks,
-        authenticate: access.authenticate,
-        authorizeSubscribe: access.authorizeSubscribe,
-      },
-      logger,
-    );
-    cleanup.push(() => mqtt.close());
+    const mqtt = config.embeddedBroker
+      ? await startMqttServer(
+          {
+            host: config.mqttHost,
+            port: config.mqttPort,
+            tls:
+              config.tlsCertFile && config.tlsKeyFile
+                ? {
+                    port: config.mqttsPort,
+                    certFile: config.tlsCertFile,
+                    keyFile: config.tlsKeyFile,
+                    caFile: config.tlsCaFile,
+                  }
+                : undefined,
+            wsPort: config.mqttWsPort,
+            limits: mqttLimits(config),
+          },
+          {
+            ...createIngestHooks({
+              ingest: writer,
+              bridged: topics.bridged,
+              timeoutMs: config.ingestTimeoutMs,
+              access,
+              logger,
+            }),
+            authenticate: access.authenticate,
+            authorizeSubscribe: access.authorizeSubscribe,
+          },
+          logger,
+        )
+      : undefined;
+    cleanup.push(() => mqtt?.close());
     const metrics = new Metrics({
       writer,
       access,
       mqtt,
       partitions,
-      connectedClients: () => mqtt.broker.connectedClients,
+      connectedClients: () => mqtt?.broker.connectedClients ?? 0,
     });
     const http: HttpServer = await startHttpServer(config.httpPort, {
       writer,
@@ -176,7 +178,14 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     });
 
     const source = config.source
-      ? startSource(config.source, topics.filters, topics.bridged, writer, logger)
+      ? startSource(
+          config.source,
+          topics.filters,
+          topics.bridged,
+          writer,
+          config.queueMaxRows,
+          logger,
+        )
       : undefined;
     cleanup.push(() => source?.close());
 
@@ -186,19 +195,20 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
       closing ??= (async () => {
         clearInterval(stats);
         await http.close();
-        mqtt.stopAccepting();
+        mqtt?.stopAccepting();
+        // The source stops reading and waits for what it received.
+        const sourceClosed = source?.close();
         // Messages already received are committed and acknowledged; clients
         // that send more meanwhile are disconnected without a PUBACK.
         await writer.close();
-        // After the writer: what it committed from the source is acknowledged there first.
-        await source?.close();
+        await sourceClosed;
         await new Promise((resolve) => setImmediate(resolve));
         await unwind();
       })();
       return closing;
     };
     return {
-      mqttPort: mqtt.port,
+      mqttPort: mqtt?.port,
       httpPort: http.port,
       database,
       writer,
@@ -213,7 +223,11 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
   }
 }
 
-function reportStats(writer: BatchWriter, mqtt: MqttServer, logger: Logger): NodeJS.Timeout {
+function reportStats(
+  writer: BatchWriter,
+  mqtt: MqttServer | undefined,
+  logger: Logger,
+): NodeJS.Timeout {
   let last = { ...writer.counters, at: Date.now() };
   const timer = setInterval(() => {
     const now = { ...writer.counters, at: Date.now() };
@@ -227,7 +241,7 @@ function reportStats(writer: BatchWriter, mqtt: MqttServer, logger: Logger): Nod
           duplicates: now.duplicateWindow + now.duplicateDatabase,
           rejected: Object.values(now.rejected).reduce((sum, n) => sum + (n ?? 0), 0),
           queueDepth: writer.queueDepth,
-          clients: mqtt.broker.connectedClients,
+          clients: mqtt?.broker.connectedClients,
         },
         "ingest",
       );

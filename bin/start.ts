@@ -56,18 +56,25 @@ async function main(): Promise<void> {
   process.on("SIGINT", shutdown);
   process.on("SIGTERM", shutdown);
   // As for Mosquitto, SIGHUP re-reads the TLS certificates (their files are also watched).
-  process.on("SIGHUP", () => service?.mqtt.reloadCertificates());
+  process.on("SIGHUP", () => service?.mqtt?.reloadCertificates());
 
   service = await starting;
   const host = (bound: string) =>
     bound === "127.0.0.1" || bound === "localhost" ? "localhost" : bound;
-  const mqttUrl = `mqtt://${host(config.mqttHost)}:${service.mqttPort}`;
-  const listeners = [
-    service.mqtt.tlsPort !== undefined &&
-      `  MQTTS      mqtts://${host(config.mqttHost)}:${service.mqtt.tlsPort}${config.tlsCaFile ? "   (client certificates accepted)" : ""}`,
-    service.mqtt.wsPort !== undefined &&
-      `  WebSocket  ${config.tlsCertFile ? "wss" : "ws"}://${host(config.mqttHost)}:${service.mqtt.wsPort}/mqtt`,
-  ].filter((line): line is string => typeof line === "string");
+  const { mqtt } = service;
+  const mqttUrl = mqtt && `mqtt://${host(config.mqttHost)}:${mqtt.port}`;
+  const listeners = mqtt
+    ? [
+        `  MQTT       ${mqttUrl}   (stored: ${config.bridgeTopics.join(", ")})`,
+        mqtt.tlsPort !== undefined &&
+          `  MQTTS      mqtts://${host(config.mqttHost)}:${mqtt.tlsPort}${config.tlsCaFile ? "   (client certificates accepted)" : ""}`,
+        mqtt.wsPort !== undefined &&
+          `  WebSocket  ${config.tlsCertFile ? "wss" : "ws"}://${host(config.mqttHost)}:${mqtt.wsPort}/mqtt`,
+      ]
+    : ["  MQTT       off (EMBEDDED_BROKER=off)"];
+  const source = config.source && redactUrl(config.source.url);
+  if (source)
+    listeners.push(`  Source     ${source}   (subscribed: ${config.bridgeTopics.join(", ")})`);
   const httpUrl = `http://${host(config.httpHost)}:${service.httpPort}`;
   const openOnPurpose = service.anonymous && config.allowAnonymous === true;
   const access = !service.anonymous
@@ -81,9 +88,10 @@ async function main(): Promise<void> {
   const databaseUrl = service.database.url;
   logger.info(
     {
-      mqtt: mqttUrl,
-      mqtts: service.mqtt.tlsPort,
-      ws: service.mqtt.wsPort,
+      mqtt: mqttUrl ?? "off",
+      mqtts: mqtt?.tlsPort,
+      ws: mqtt?.wsPort,
+      source,
       http: httpUrl,
       topics: config.bridgeTopics,
       database: redactUrl(databaseUrl),
@@ -99,14 +107,17 @@ async function main(): Promise<void> {
       [
         "",
         "telemetry-bridge is running",
-        `  MQTT       ${mqttUrl}   (stored: ${config.bridgeTopics.join(", ")})`,
-        ...listeners,
+        ...listeners.filter((line): line is string => typeof line === "string"),
         `  HTTP       ${httpUrl}   (/publish /events /stats /health /metrics)`,
         `  PostgreSQL ${databaseUrl}${service.database.embedded ? `   (embedded, data in ${config.dataDir})` : ""}`,
         `  Access     ${access}`,
         "",
-        `  Publish    mosquitto_pub -p ${service.mqttPort}${login} -q 1 -t telemetry/dev-1/env -m '${example}'`,
-        `  Watch      mosquitto_sub -p ${service.mqttPort}${login} -t 'telemetry/#' -v`,
+        ...(mqtt
+          ? [
+              `  Publish    mosquitto_pub -p ${mqtt.port}${login} -q 1 -t telemetry/dev-1/env -m '${example}'`,
+              `  Watch      mosquitto_sub -p ${mqtt.port}${login} -t 'telemetry/#' -v`,
+            ]
+          : []),
         `  Query      psql '${databaseUrl}' -c 'SELECT * FROM telemetry ORDER BY time DESC LIMIT 10'`,
         "  Grafana    add a PostgreSQL data source with the URL above",
         "",

@@ -53,6 +53,11 @@ export interface Config {
   /** A broker the service subscribes to for the bridged filters (SOURCE_URL); unset: none. */
   source: SourceConfig | undefined;
   /**
+   * Whether the service runs its own broker (the MQTT, MQTTS and WebSocket
+   * listeners). Off only with a source: devices then publish to that broker.
+   */
+  embeddedBroker: boolean;
+  /**
    * Longest a device waits for its PUBACK while PostgreSQL is slow or down;
    * then it is disconnected and resends. Capped by the client's keepalive.
    */
@@ -108,6 +113,7 @@ export const defaults = {
   bridgeTopics: ["telemetry/#"],
   mappings: undefined,
   source: undefined,
+  embeddedBroker: true,
   ingestTimeoutMs: 30_000,
   databaseUrl: undefined,
   dataDir: ".data",
@@ -153,6 +159,7 @@ export const CONFIG_VARIABLES = [
   "SOURCE_PROTOCOL_VERSION",
   "SOURCE_SHARE_GROUP",
   "SOURCE_CONNECTIONS",
+  "EMBEDDED_BROKER",
   "INGEST_TIMEOUT_MS",
   "DATABASE_URL",
   "DATA_DIR",
@@ -311,6 +318,20 @@ function source(env: Env): SourceConfig | undefined {
   };
 }
 
+function embeddedBroker(env: Env, source: SourceConfig | undefined): boolean {
+  const raw = env.EMBEDDED_BROKER?.trim().toLowerCase();
+  if (!raw || raw === "on") return true;
+  if (raw !== "off") {
+    throw new ConfigError(`EMBEDDED_BROKER must be on or off (got "${env.EMBEDDED_BROKER}")`);
+  }
+  if (!source) {
+    throw new ConfigError(
+      "EMBEDDED_BROKER=off needs SOURCE_URL: without either, no MQTT message would reach the service",
+    );
+  }
+  return false;
+}
+
 function host(env: Env, name: string, fallback: string): string {
   const raw = env[name]?.trim();
   if (!raw) return fallback;
@@ -379,6 +400,7 @@ export function loadConfig(env: Env = process.env): Config {
       `QUEUE_MAX_ROWS (${queueMaxRows}) must be at least BATCH_MAX_ROWS (${batchMaxRows})`,
     );
   }
+  const sourceConfig = source(env);
   return {
     mqttHost: host(env, "MQTT_HOST", defaults.mqttHost),
     mqttPort: integer(env, "MQTT_PORT", defaults.mqttPort, 0, 65535),
@@ -433,7 +455,8 @@ export function loadConfig(env: Env = process.env): Config {
     ),
     bridgeTopics: topics(env),
     mappings: mappings(env),
-    source: source(env),
+    source: sourceConfig,
+    embeddedBroker: embeddedBroker(env, sourceConfig),
     ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
     databaseUrl: databaseUrl(env),
     dataDir: path.resolve(env.DATA_DIR?.trim() || defaults.dataDir),

@@ -11,7 +11,8 @@ const LATENCY_SAMPLES = 1000;
 export interface MetricsSources {
   writer: BatchWriter;
   access: Pick<Access, "counters">;
-  mqtt: Pick<MqttServer, "gate" | "oversizedPackets">;
+  /** Unset while the embedded broker is off. */
+  mqtt: Pick<MqttServer, "gate" | "oversizedPackets"> | undefined;
   partitions: Partitions;
   connectedClients(): number;
 }
@@ -109,12 +110,12 @@ export class Metrics {
       "telemetry_bridge_connections_refused_total",
       "MQTT connections closed at the door, by the limit they were over.",
       "reason",
-      () => sources.mqtt.gate.refused,
+      () => sources.mqtt?.gate.refused ?? {},
     );
     counted(
       "telemetry_bridge_oversized_packets_total",
       "MQTT connections closed for a packet over MQTT_MAX_PACKET_BYTES.",
-      () => sources.mqtt.oversizedPackets,
+      () => sources.mqtt?.oversizedPackets ?? 0,
     );
     counted(
       "telemetry_bridge_subscriptions_denied_total",

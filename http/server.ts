@@ -20,7 +20,8 @@ export interface HttpDependencies {
   writer: BatchWriter;
   metrics: Metrics;
   pool: pg.Pool;
-  mqtt: MqttServer;
+  /** Unset while the embedded broker is off. */
+  mqtt: MqttServer | undefined;
   topics: BridgedTopics;
   authenticator: Authenticator;
   /** Requests without credentials are served (a loopback-only or deliberately open service). */
@@ -145,7 +146,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     const { results, stored } = published;
     // Live subscribers see HTTP events too, once they are committed.
     for (const message of stored) {
-      mqtt.broker.publish(
+      mqtt?.broker.publish(
         {
           cmd: "publish",
           topic: message.topic,
@@ -209,7 +210,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
   });
 
   app.get("/health", async (_request, reply) => {
-    if (!mqtt.listening)
+    if (mqtt && !mqtt.listening)
       return reply.code(503).send({ status: "unavailable", reason: "the MQTT listener is closed" });
     try {
       await Promise.race([
@@ -223,7 +224,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
         .code(503)
         .send({ status: "unavailable", reason: `PostgreSQL: ${(error as Error).message}` });
     }
-    return { status: "ok", mqtt: "listening", database: "ok" };
+    return { status: "ok", mqtt: mqtt ? "listening" : "off", database: "ok" };
   });
 
   app.get("/metrics", async (_request, reply) => {

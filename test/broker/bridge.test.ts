@@ -3,16 +3,15 @@ import { once } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Service } from "../../bin/service.ts";
 import { closed, connectDevice, nextMessage, publishAcked, reading } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { startTestService } from "../helpers/service.ts";
+import { type BrokeredService, startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";
 
 const db = await createTestDatabase("bridge");
 const pool = new pg.Pool({ connectionString: db.url });
-let service: Service;
+let service: BrokeredService;
 
 beforeAll(async () => {
   service = await startTestService(db.url, { BATCH_MAX_WAIT_MS: "20" });

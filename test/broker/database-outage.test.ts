@@ -2,17 +2,16 @@ import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import type { Service } from "../../bin/service.ts";
 import { type Database, startEmbedded } from "../../bridge/database.ts";
 import { Stream } from "../helpers/device.ts";
 import { startTestServer } from "../helpers/embedded-server.ts";
-import { startTestService } from "../helpers/service.ts";
+import { type BrokeredService, startTestService } from "../helpers/service.ts";
 import { silentLogger } from "../helpers/test-database.ts";
 
 // This file stops and starts its own PostgreSQL.
 const server = await startTestServer();
 let restarted: Database | undefined;
-let service: Service | undefined;
+let service: BrokeredService | undefined;
 afterAll(async () => {
   await service?.close();
   await restarted?.stop();

@@ -8,7 +8,7 @@ import mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import { mqttLimits, type Service } from "../../bin/service.ts";
+import { mqttLimits } from "../../bin/service.ts";
 import { loadConfig } from "../../bridge/config.ts";
 import {
   type MqttServer,
@@ -23,7 +23,7 @@ import {
   type KeyPair,
 } from "../helpers/certificates.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { startTestService } from "../helpers/service.ts";
+import { type BrokeredService, startTestService } from "../helpers/service.ts";
 import { createTestDatabase, silentLogger } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("listeners");
@@ -98,7 +98,7 @@ async function eventually<T>(attempt: () => Promise<T>, ms = 10_000): Promise<T>
 }
 
 describe("MQTT over TLS and WebSockets", () => {
-  let service: Service;
+  let service: BrokeredService;
   beforeAll(async () => {
     service = await startTestService(db.url, { BATCH_MAX_WAIT_MS: "5", ...tlsEnv(server) });
   });
@@ -216,7 +216,7 @@ describe("MQTT over TLS and WebSockets", () => {
 });
 
 describe("MQTT over WebSockets without TLS", () => {
-  let service: Service;
+  let service: BrokeredService;
   beforeAll(async () => {
     service = await startTestService(db.url, { BATCH_MAX_WAIT_MS: "5", MQTT_WS_PORT: "0" });
   });
@@ -235,7 +235,7 @@ describe("certificate reload", () => {
   const live = { certFile: path.join(dir, "live.pem"), keyFile: path.join(dir, "live-key.pem") };
   const tlsUrl = () => `mqtts://127.0.0.1:${service.mqtt.tlsPort}`;
   const wssUrl = () => `wss://127.0.0.1:${service.mqtt.wsPort}/mqtt`;
-  let service: Service;
+  let service: BrokeredService;
   let renewed: KeyPair;
   beforeAll(async () => {
     await fs.copyFile(server.certFile, live.certFile);

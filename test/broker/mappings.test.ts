@@ -3,7 +3,6 @@ import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import type { Service } from "../../bin/service.ts";
 import {
   DataType,
   encodePayload,
@@ -13,7 +12,7 @@ import {
 import { IdentityStore } from "../../storage/identities.ts";
 import { connectDevice, publishAcked } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { startTestService } from "../helpers/service.ts";
+import { type BrokeredService, startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("mappings");
@@ -34,7 +33,7 @@ async function ingest(
   messages: [string, string | Buffer][],
   topicPattern: string,
 ): Promise<StoredRow[]> {
-  const service: Service = await startTestService(db.url, { MAPPINGS_FILE: file });
+  const service: BrokeredService = await startTestService(db.url, { MAPPINGS_FILE: file });
   try {
     const device = await connectDevice(service.mqttPort, `fixtures-${file}`);
     for (const [topic, payload] of messages) await publishAcked(device, topic, payload);

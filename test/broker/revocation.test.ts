@@ -1,14 +1,18 @@
 import type mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Service } from "../../bin/service.ts";
 import { closed, connackRefusal, connectDevice } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { type ServiceProcess, spawnService, startTestService } from "../helpers/service.ts";
+import {
+  type BrokeredService,
+  type ServiceProcess,
+  spawnService,
+  startTestService,
+} from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("revocation");
-let inProcess: Service;
+let inProcess: BrokeredService;
 let child: ServiceProcess;
 let ports: number[];
 

@@ -2,7 +2,6 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Service } from "../../bin/service.ts";
 import { IdentityStore, type Role } from "../../storage/identities.ts";
 import {
   closed,
@@ -14,14 +13,14 @@ import {
   reading,
 } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { startTestService } from "../helpers/service.ts";
+import { type BrokeredService, startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";
 
 const db = await createTestDatabase("security");
 const pool = new pg.Pool({ connectionString: db.url });
 const store = new IdentityStore(pool);
-let service: Service;
+let service: BrokeredService;
 const secrets = new Map<string, string>();
 
 async function identity(id: string, role: Role = "device"): Promise<string> {

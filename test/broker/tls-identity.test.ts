@@ -6,12 +6,11 @@ import path from "node:path";
 import mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Service } from "../../bin/service.ts";
 import { IdentityStore } from "../../storage/identities.ts";
 import { createCertificateAuthority, issueCertificate } from "../helpers/certificates.ts";
 import { connackRefusal, reading } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { startTestService } from "../helpers/service.ts";
+import { type BrokeredService, startTestService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";
 
@@ -26,7 +25,7 @@ const deviceCert = await issueCertificate(ca, dir, "dev-tls", "dev-tls", "client
 const readerCert = await issueCertificate(ca, dir, "reader-tls", "reader-tls", "client");
 const strangerCert = await issueCertificate(ca, dir, "stranger", "stranger", "client");
 const forgedCert = await issueCertificate(otherCa, dir, "forged", "dev-tls", "client");
-let service: Service;
+let service: BrokeredService;
 let secret: string;
 
 beforeAll(async () => {

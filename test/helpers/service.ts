@@ -3,15 +3,21 @@ import { once } from "node:events";
 import { createInterface } from "node:readline";
 import { type Service, startService } from "../../bin/service.ts";
 import { loadConfig } from "../../bridge/config.ts";
+import type { MqttServer } from "../../broker/mqtt-server.ts";
 import { silentLogger } from "./test-database.ts";
 
+/** A service whose embedded broker runs. */
+export type BrokeredService = Service & { mqtt: MqttServer; mqttPort: number };
+
 /** The whole service in this process, on a free MQTT port, against `databaseUrl`. */
-export function startTestService(
+export async function startTestService(
   databaseUrl: string,
   env: Record<string, string> = {},
-): Promise<Service> {
+): Promise<BrokeredService> {
   const config = loadConfig({ DATABASE_URL: databaseUrl, MQTT_PORT: "0", HTTP_PORT: "0", ...env });
-  return startService(config, silentLogger);
+  const service = await startService(config, silentLogger);
+  if (!service.mqtt) throw new Error("startTestService needs the embedded broker");
+  return service as BrokeredService;
 }
 
 export interface ServiceProcess {
