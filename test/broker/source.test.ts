@@ -1,7 +1,9 @@
 import mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
+import { connectOutcome, freePort } from "../helpers/free-port.ts";
 import { type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
+import { type MqttRelay, startMqttRelay } from "../helpers/mqtt-relay.ts";
 import { type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
@@ -9,20 +11,23 @@ const db = await createTestDatabase("source");
 const pool = new pg.Pool({ connectionString: db.url });
 const running: ServiceProcess[] = [];
 let broker: Mosquitto | undefined;
+let relay: MqttRelay | undefined;
 afterAll(async () => {
   for (const service of running) service.child.kill("SIGKILL");
+  await relay?.close();
   await broker?.stop();
   await pool.end();
 });
 
 /** The service, subscribed to `url`: resolves once it says so. */
-async function bridgeFrom(url: string): Promise<ServiceProcess> {
+async function bridgeFrom(url: string, env: Record<string, string> = {}): Promise<ServiceProcess> {
   const service = await spawnService({
     DATABASE_URL: db.url,
     MQTT_PORT: "0",
     SOURCE_URL: url,
     SOURCE_CLIENT_ID: "bridge-under-test",
     BATCH_MAX_WAIT_MS: "5",
+    ...env,
   });
   running.push(service);
   for (
@@ -83,5 +88,74 @@ describe("SOURCE_URL: a broker users already run", () => {
     expect(await stored()).toEqual({ copies: total, unique: total });
     second.child.kill("SIGTERM");
     expect(await second.exited).toBe(0);
+  });
+
+  it("acknowledges in the order the broker delivered, though duplicates are answered before the batch ahead of them commits", async () => {
+    broker ??= await startMosquitto(["max_queued_messages 100000"]);
+    relay = await startMqttRelay(broker.port);
+    const service = await bridgeFrom(relay.url, {
+      SOURCE_CLIENT_ID: "bridge-in-order",
+      BATCH_MAX_WAIT_MS: "200",
+    });
+    const device = await mqtt.connectAsync(broker.url, { clientId: "src-order" });
+    const reading = (n: number) =>
+      JSON.stringify({ event_id: `src-order-${n}`, ts: 1_700_000_000_000 + n, t: n });
+    for (let n = 0; n < 20; n++) {
+      await device.publishAsync("telemetry/src-order/env", reading(n), { qos: 1 });
+    }
+    while ((await stored()).copies < 20) await new Promise((resolve) => setTimeout(resolve, 20));
+    // New readings wait for their batch; copies of stored ones are known duplicates at once.
+    for (let n = 20; n < 60; n++) {
+      await device.publishAsync("telemetry/src-order/env", reading(n), { qos: 1 });
+      await device.publishAsync("telemetry/src-order/env", reading(n - 20), { qos: 1 });
+      if (n % 10 === 0)
+        await device.publishAsync("telemetry/src-order/env", "not json", { qos: 1 });
+    }
+    await device.endAsync();
+    const delivered = () =>
+      (relay as MqttRelay).toClients
+        // QoS 1: the $SYS counter the bridge watches comes at QoS 0, without an id.
+        .filter((packet) => packet.cmd === "publish" && packet.messageId !== undefined)
+        .map((packet) => packet.messageId);
+    const acknowledged = () => (relay as MqttRelay).pubacks().map((packet) => packet.messageId);
+    for (let waited = 0; acknowledged().length < 104 && waited < 10_000; waited += 50) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(delivered()).toHaveLength(104);
+    expect(acknowledged()).toEqual(delivered());
+    expect(relay.parseErrors).toEqual([]);
+    service.child.kill("SIGTERM");
+    expect(await service.exited).toBe(0);
+  });
+
+  it("runs without a broker of its own with EMBEDDED_BROKER=off", async () => {
+    broker ??= await startMosquitto(["max_queued_messages 100000"]);
+    const unused = await freePort();
+    const service = await bridgeFrom(broker.url, {
+      SOURCE_CLIENT_ID: "bridge-alone",
+      EMBEDDED_BROKER: "off",
+      MQTT_PORT: String(unused),
+    });
+    expect(await connectOutcome(unused)).toBe("ECONNREFUSED");
+    const ready = JSON.parse(service.output.find((line) => line.includes('"msg":"ready"')) ?? "{}");
+    expect(ready.mqtt).toBe("off");
+    const health = await fetch(`${ready.http}/health`);
+    expect(await health.json()).toEqual({ status: "ok", mqtt: "off", database: "ok" });
+    const device = await mqtt.connectAsync(broker.url, { clientId: "src-alone" });
+    await device.publishAsync(
+      "telemetry/src-alone/env",
+      JSON.stringify({ event_id: "src-alone-1", ts: Date.now(), t: 1 }),
+      { qos: 1 },
+    );
+    await device.endAsync();
+    const one = async () =>
+      (await pool.query("SELECT count(*)::int AS n FROM telemetry WHERE device_id = 'src-alone'"))
+        .rows[0].n;
+    for (let waited = 0; (await one()) < 1 && waited < 10_000; waited += 50) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(await one()).toBe(1);
+    service.child.kill("SIGTERM");
+    expect(await service.exited).toBe(0);
   });
 });

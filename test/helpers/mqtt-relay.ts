@@ -16,6 +16,8 @@ export interface MqttRelay {
   url: string;
   /** Every packet clients sent to the broker, in the order the relay read them. */
   readonly toBroker: RelayedPacket[];
+  /** Every packet the broker sent to clients, in the order the relay read them. */
+  readonly toClients: RelayedPacket[];
   /** What the parser could not read: a relay that saw any of these saw only part of the stream. */
   readonly parseErrors: string[];
   /** The PUBACKs among them. */
@@ -27,10 +29,11 @@ export interface MqttRelay {
 /**
  * A TCP relay on a free loopback port to the MQTT broker on 127.0.0.1:`brokerPort`.
  * It forwards both directions byte for byte and parses what clients send,
- * so a test can see when a client acknowledged what.
+ * so a test can see when a client acknowledged what, and what it was sent.
  */
 export async function startMqttRelay(brokerPort: number, protocolVersion = 4): Promise<MqttRelay> {
   const toBroker: RelayedPacket[] = [];
+  const toClients: RelayedPacket[] = [];
   const parseErrors: string[] = [];
   const open = new Set<net.Socket>();
   let connections = 0;
@@ -39,25 +42,30 @@ export async function startMqttRelay(brokerPort: number, protocolVersion = 4): P
     const broker = net.connect({ host: "127.0.0.1", port: brokerPort });
     open.add(client);
     open.add(broker);
-    // Takes its protocol version from the CONNECT it reads first.
-    const parser = mqttPacket.parser({ protocolVersion });
-    parser.on("packet", (packet: mqttPacket.Packet) => {
-      toBroker.push({
-        at: Date.now(),
-        connection,
-        cmd: packet.cmd,
-        messageId: "messageId" in packet ? packet.messageId : undefined,
+    const reader = (into: RelayedPacket[]) => {
+      const parser = mqttPacket.parser({ protocolVersion });
+      parser.on("packet", (packet: mqttPacket.Packet) => {
+        into.push({
+          at: Date.now(),
+          connection,
+          cmd: packet.cmd,
+          messageId: "messageId" in packet ? packet.messageId : undefined,
+        });
       });
-    });
-    parser.on("error", (error) => {
-      parseErrors.push(`connection ${connection}: ${error.message}`);
-    });
+      parser.on("error", (error) => {
+        parseErrors.push(`connection ${connection}: ${error.message}`);
+      });
+      return parser;
+    };
+    const parser = reader(toBroker);
+    const back = reader(toClients);
     client.on("data", (data: Buffer) => {
       parser.parse(data);
       if (!broker.write(data)) client.pause();
     });
     broker.on("drain", () => client.resume());
     broker.on("data", (data: Buffer) => {
+      back.parse(data);
       if (!client.write(data)) broker.pause();
     });
     client.on("drain", () => broker.resume());
@@ -87,6 +95,7 @@ export async function startMqttRelay(brokerPort: number, protocolVersion = 4): P
     port,
     url: `mqtt://127.0.0.1:${port}`,
     toBroker,
+    toClients,
     parseErrors,
     pubacks: () => toBroker.filter((packet) => packet.cmd === "puback"),
     close: () =>
