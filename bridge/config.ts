@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import cron from "node-cron";
 import { validateFilter } from "../broker/topic-filter.ts";
@@ -62,6 +63,18 @@ export interface Config {
    * then it is disconnected and resends. Capped by the client's keepalive.
    */
   ingestTimeoutMs: number;
+  /** Service processes sharing the MQTT and HTTP ports (WORKERS; `auto` is one per core). */
+  workers: number;
+  /**
+   * Redis that the processes share live messages, sessions, subscriptions
+   * and retained messages through; unset: each process keeps its own.
+   */
+  redisUrl: string | undefined;
+  /**
+   * MQTT over TCP arrives through a load balancer that sends the PROXY
+   * protocol header (v1 or v2) first: the device's address is read from it.
+   */
+  mqttProxyProtocol: boolean;
   /** Use this PostgreSQL server; unset starts the embedded one. */
   databaseUrl: string | undefined;
   /** Where the embedded PostgreSQL keeps its cluster. */
@@ -115,6 +128,9 @@ export const defaults = {
   source: undefined,
   embeddedBroker: true,
   ingestTimeoutMs: 30_000,
+  workers: 1,
+  redisUrl: undefined,
+  mqttProxyProtocol: false,
   databaseUrl: undefined,
   dataDir: ".data",
   pgPort: 54329,
@@ -161,6 +177,9 @@ export const CONFIG_VARIABLES = [
   "SOURCE_CONNECTIONS",
   "EMBEDDED_BROKER",
   "INGEST_TIMEOUT_MS",
+  "WORKERS",
+  "REDIS_URL",
+  "MQTT_PROXY_PROTOCOL",
   "DATABASE_URL",
   "DATA_DIR",
   "PG_PORT",
@@ -319,17 +338,45 @@ function source(env: Env): SourceConfig | undefined {
 }
 
 function embeddedBroker(env: Env, source: SourceConfig | undefined): boolean {
-  const raw = env.EMBEDDED_BROKER?.trim().toLowerCase();
-  if (!raw || raw === "on") return true;
-  if (raw !== "off") {
-    throw new ConfigError(`EMBEDDED_BROKER must be on or off (got "${env.EMBEDDED_BROKER}")`);
-  }
-  if (!source) {
+  const on = onOff(env, "EMBEDDED_BROKER", defaults.embeddedBroker);
+  if (!on && !source) {
     throw new ConfigError(
       "EMBEDDED_BROKER=off needs SOURCE_URL: without either, no MQTT message would reach the service",
     );
   }
-  return false;
+  return on;
+}
+
+function workers(env: Env): number {
+  const raw = env.WORKERS?.trim().toLowerCase();
+  if (!raw) return defaults.workers;
+  if (raw === "auto") return os.availableParallelism();
+  return integer(env, "WORKERS", defaults.workers, 1, 256);
+}
+
+function redisUrl(env: Env): string | undefined {
+  const raw = env.REDIS_URL?.trim();
+  if (!raw) return undefined;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`REDIS_URL must be a URL like redis://host:6379 (got "${raw}")`);
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
+    throw new ConfigError(
+      `REDIS_URL must start with redis:// or rediss:// (got "${url.protocol}//…")`,
+    );
+  }
+  return raw;
+}
+
+function onOff(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name]?.trim().toLowerCase();
+  if (!raw) return fallback;
+  if (raw === "on") return true;
+  if (raw === "off") return false;
+  throw new ConfigError(`${name} must be on or off (got "${env[name]}")`);
 }
 
 function host(env: Env, name: string, fallback: string): string {
@@ -458,6 +505,9 @@ export function loadConfig(env: Env = process.env): Config {
     source: sourceConfig,
     embeddedBroker: embeddedBroker(env, sourceConfig),
     ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
+    workers: workers(env),
+    redisUrl: redisUrl(env),
+    mqttProxyProtocol: onOff(env, "MQTT_PROXY_PROTOCOL", defaults.mqttProxyProtocol),
     databaseUrl: databaseUrl(env),
     dataDir: path.resolve(env.DATA_DIR?.trim() || defaults.dataDir),
     pgPort: integer(env, "PG_PORT", defaults.pgPort, 1, 65535),

@@ -1,3 +1,4 @@
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -54,6 +55,9 @@ describe("loadConfig", () => {
       SOURCE_CONNECTIONS: "4",
       EMBEDDED_BROKER: "off",
       INGEST_TIMEOUT_MS: "5000",
+      WORKERS: "3",
+      REDIS_URL: "redis://cache:6379/2",
+      MQTT_PROXY_PROTOCOL: "on",
       DATABASE_URL: "postgres://u:p@db:5432/x",
       DATA_DIR: "/var/lib/tb",
       PG_PORT: "6000",
@@ -100,6 +104,9 @@ describe("loadConfig", () => {
       },
       embeddedBroker: false,
       ingestTimeoutMs: 5000,
+      workers: 3,
+      redisUrl: "redis://cache:6379/2",
+      mqttProxyProtocol: true,
       databaseUrl: "postgres://u:p@db:5432/x",
       dataDir: "/var/lib/tb",
       pgPort: 6000,
@@ -114,6 +121,10 @@ describe("loadConfig", () => {
       retentionDays: 30,
       partitionSchedule: "0 * * * *",
     });
+  });
+
+  it("runs a worker per core with WORKERS=auto", () => {
+    expect(loadConfig({ WORKERS: "auto" }).workers).toBe(os.availableParallelism());
   });
 
   it("fails with one line naming the variable", () => {
