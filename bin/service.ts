@@ -4,7 +4,7 @@ import type { Config } from "../bridge/config.ts";
 import { type Database, openDatabase } from "../bridge/database.ts";
 import type { Logger } from "../bridge/logger.ts";
 import { bridgedTopics } from "../bridge/mappings.ts";
-import { Metrics } from "../bridge/metrics.ts";
+import { localReports, Metrics, type Reports } from "../bridge/metrics.ts";
 import { migrate } from "../bridge/migrate.ts";
 import { Partitions } from "../bridge/partitions.ts";
 import { startSource } from "../bridge/source.ts";
@@ -60,7 +60,11 @@ export function anonymousAllowed(
 }
 
 /** Database, migrations, partition job, writer, broker and HTTP API, started in that order. */
-export async function startService(config: Config, logger: Logger): Promise<Service> {
+export async function startService(
+  config: Config,
+  logger: Logger,
+  reportsOf: (local: Metrics) => Reports = localReports,
+): Promise<Service> {
   const { mappings } = config;
   const topics = bridgedTopics(config.bridgeTopics, mappings);
   const database = await openDatabase(config, logger);
@@ -129,6 +133,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
           {
             host: config.mqttHost,
             port: config.mqttPort,
+            proxyProtocol: config.mqttProxyProtocol,
             tls:
               config.tlsCertFile && config.tlsKeyFile
                 ? {
@@ -165,7 +170,7 @@ export async function startService(config: Config, logger: Logger): Promise<Serv
     });
     const http: HttpServer = await startHttpServer(config.httpPort, {
       writer,
-      metrics,
+      reports: reportsOf(metrics),
       pool,
       mqtt,
       topics,

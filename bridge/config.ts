@@ -448,6 +448,12 @@ export function loadConfig(env: Env = process.env): Config {
     );
   }
   const sourceConfig = source(env);
+  const workerCount = workers(env);
+  if (workerCount > 1 && sourceConfig && sourceConfig.shareGroup === undefined) {
+    throw new ConfigError(
+      "WORKERS above 1 with SOURCE_URL needs SOURCE_SHARE_GROUP: each worker subscribes under its own client id, and without a share group every worker would receive every message",
+    );
+  }
   return {
     mqttHost: host(env, "MQTT_HOST", defaults.mqttHost),
     mqttPort: integer(env, "MQTT_PORT", defaults.mqttPort, 0, 65535),
@@ -505,7 +511,7 @@ export function loadConfig(env: Env = process.env): Config {
     source: sourceConfig,
     embeddedBroker: embeddedBroker(env, sourceConfig),
     ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
-    workers: workers(env),
+    workers: workerCount,
     redisUrl: redisUrl(env),
     mqttProxyProtocol: onOff(env, "MQTT_PROXY_PROTOCOL", defaults.mqttProxyProtocol),
     databaseUrl: databaseUrl(env),

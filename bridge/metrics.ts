@@ -17,6 +17,22 @@ export interface MetricsSources {
   connectedClients(): number;
 }
 
+/** What `/stats` and `/metrics` answer: this process's figures, or every worker's. */
+export interface Reports {
+  readonly contentType: string;
+  stats(): Promise<unknown>;
+  metrics(): Promise<string>;
+}
+
+/** This process's figures alone. */
+export function localReports(metrics: Metrics): Reports {
+  return {
+    contentType: metrics.registry.contentType,
+    stats: async () => metrics.stats(),
+    metrics: () => metrics.registry.metrics(),
+  };
+}
+
 /**
  * Prometheus metrics (`/metrics`) and the figures of `/stats`, both read
  * from the writer's counters and from a report of every committed batch.

@@ -3,7 +3,7 @@ import type pg from "pg";
 import type { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Logger } from "../bridge/logger.ts";
 import type { BridgedTopics } from "../bridge/mappings.ts";
-import type { Metrics } from "../bridge/metrics.ts";
+import type { Reports } from "../bridge/metrics.ts";
 import { parseTimestamp } from "../bridge/telemetry-message.ts";
 import { compileAcl } from "../broker/auth/acl.ts";
 import type { Authenticator } from "../broker/auth/authenticator.ts";
@@ -18,7 +18,7 @@ const RETRY_AFTER_SECONDS = 5;
 
 export interface HttpDependencies {
   writer: BatchWriter;
-  metrics: Metrics;
+  reports: Reports;
   pool: pg.Pool;
   /** Unset while the embedded broker is off. */
   mqtt: MqttServer | undefined;
@@ -49,7 +49,7 @@ function optionalTime(query: Record<string, string | undefined>, field: string):
 
 /** The HTTP API on `port`: /publish, /events, /stats, /health, /metrics. */
 export async function startHttpServer(port: number, deps: HttpDependencies): Promise<HttpServer> {
-  const { writer, metrics, pool, mqtt, logger } = deps;
+  const { writer, reports, pool, mqtt, logger } = deps;
   const app = Fastify({
     loggerInstance: logger,
     // A line per request would drown the ingest logs; failures are logged by the handler below.
@@ -206,7 +206,7 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
 
   app.get("/stats", async (request) => {
     requireRole(await caller(request), ["reader", "admin"]);
-    return metrics.stats();
+    return reports.stats();
   });
 
   app.get("/health", async (_request, reply) => {
@@ -228,8 +228,8 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
   });
 
   app.get("/metrics", async (_request, reply) => {
-    reply.header("Content-Type", metrics.registry.contentType);
-    return metrics.registry.metrics();
+    reply.header("Content-Type", reports.contentType);
+    return reports.metrics();
   });
 
   try {
