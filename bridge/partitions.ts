@@ -25,7 +25,13 @@ function dayOfPartition(name: string): number | undefined {
   return dayOf(Date.UTC(Number(match[1]), Number(match[2]) - 1, Number(match[3])));
 }
 
-/** SQLSTATEs of a concurrent CREATE … IF NOT EXISTS that lost the race. */
+/** Arbitrary, fixed: every process creating or dropping this database's partitions takes the same lock. */
+const PARTITIONS_LOCK = 7_352_114_021;
+
+/**
+ * SQLSTATEs of a CREATE … IF NOT EXISTS that lost the race with a creator
+ * not taking the lock (a psql session, an older version mid-upgrade).
+ */
 const ALREADY_CREATED = new Set(["42P07", "23505"]);
 
 export interface PartitionPolicy {
@@ -46,6 +52,10 @@ export type TimeVerdict =
  * `daysAhead` days from today. Outside that range it is dead-lettered
  * (`ts_before_retention`, `ts_in_future`): a partition there would be dropped
  * at once, or would let a device with a broken clock create tables at will.
+ *
+ * Processes sharing the database take turns under an advisory lock and read
+ * the catalog once they hold it: each partition is created, and dropped, by
+ * one of them, and the others find it done.
  */
 export class Partitions {
   private readonly known = new Set<number>();
@@ -68,8 +78,8 @@ export class Partitions {
   }
 
   /** The days that have a partition, as the catalog says now. */
-  async list(): Promise<number[]> {
-    const result = await this.pool.query<{ name: string }>(
+  async list(db: pg.Pool | pg.PoolClient = this.pool): Promise<number[]> {
+    const result = await db.query<{ name: string }>(
       `SELECT c.relname AS name
          FROM pg_inherits i
          JOIN pg_class c ON c.oid = i.inhrelid
@@ -93,22 +103,43 @@ export class Partitions {
   async ensure(days: Iterable<number>): Promise<number[]> {
     const missing = [...new Set(days)].filter((day) => !this.known.has(day));
     if (missing.length === 0) return [];
-    await this.list();
-    const created: number[] = [];
-    for (const day of missing) {
-      if (this.known.has(day)) continue;
-      if (await this.create(day)) created.push(day);
-      this.known.add(day);
-    }
+    const created = await this.locked(async (client) => {
+      await this.list(client);
+      const made: number[] = [];
+      for (const day of missing) {
+        if (this.known.has(day)) continue;
+        if (await this.create(client, day)) made.push(day);
+        this.known.add(day);
+      }
+      return made;
+    });
     if (created.length > 0) {
       this.logger.info({ partitions: created.map(partitionName) }, "created partitions");
     }
     return created;
   }
 
-  private async create(day: number): Promise<boolean> {
+  /** Runs `work` on one connection while it holds the partitions lock. */
+  private async locked<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    let unlocked = false;
     try {
-      await this.pool.query(
+      await client.query("SELECT pg_advisory_lock($1)", [PARTITIONS_LOCK]);
+      try {
+        return await work(client);
+      } finally {
+        await client.query("SELECT pg_advisory_unlock($1)", [PARTITIONS_LOCK]);
+        unlocked = true;
+      }
+    } finally {
+      // A connection that may still hold the lock is closed, which releases it.
+      client.release(!unlocked);
+    }
+  }
+
+  private async create(client: pg.PoolClient, day: number): Promise<boolean> {
+    try {
+      await client.query(
         `CREATE TABLE IF NOT EXISTS ${partitionName(day)} PARTITION OF telemetry
            FOR VALUES FROM ('${isoDate(day)} 00:00:00+00') TO ('${isoDate(day + 1)} 00:00:00+00')`,
       );
@@ -128,12 +159,14 @@ export class Partitions {
     const dropped: number[] = [];
     if (this.policy.retentionDays !== undefined) {
       const oldestKept = today - this.policy.retentionDays;
-      for (const day of await this.list()) {
-        if (day >= oldestKept) break;
-        await this.pool.query(`DROP TABLE IF EXISTS ${partitionName(day)}`);
-        this.known.delete(day);
-        dropped.push(day);
-      }
+      await this.locked(async (client) => {
+        for (const day of await this.list(client)) {
+          if (day >= oldestKept) break;
+          await client.query(`DROP TABLE IF EXISTS ${partitionName(day)}`);
+          this.known.delete(day);
+          dropped.push(day);
+        }
+      });
       if (dropped.length > 0) {
         this.logger.info(
           { partitions: dropped.map(partitionName) },
