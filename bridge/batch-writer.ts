@@ -11,6 +11,7 @@ import { dayOf, type Partitions } from "./partitions.ts";
 import {
   CHECK_VIOLATION,
   copyErrorRow,
+  isLostRace,
   isRetryable,
   isRowError,
   sqlstate,
@@ -114,9 +115,19 @@ const COPY_STAGING =
   "COPY telemetry_staging (time, topic, device_id, event_id, payload, received_at) FROM STDIN (FORMAT binary)";
 const CREATE_STAGING =
   "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging (LIKE telemetry) ON COMMIT DELETE ROWS";
+/**
+ * Rows go in the unique index's order: two processes merging the same keys
+ * then meet at their first common key, and one waits for the other instead
+ * of each holding a key the other needs (a deadlock, which PostgreSQL breaks
+ * only after deadlock_timeout).
+ */
 const MERGE_STAGING = `INSERT INTO telemetry SELECT * FROM telemetry_staging
+  ORDER BY time, topic, event_id
   ON CONFLICT DO NOTHING
   RETURNING topic, event_id, (extract(epoch FROM time) * 1000)::bigint AS time_ms`;
+
+/** The longest pause before a batch that lost a race goes again, so two losers do not meet again. */
+const LOST_RACE_JITTER_MS = 20;
 
 /** What a dead letter keeps of its payload; the full size and SHA-256 stand for the rest. */
 export const DEAD_LETTER_PAYLOAD_BYTES = 4096;
@@ -209,7 +220,9 @@ function describe(error: unknown): string {
  * later batches take that path first until one finds no duplicate.
  * A row PostgreSQL refuses is dead-lettered and the rest written again;
  * connection failures and retryable SQLSTATEs are retried with backoff for
- * as long as it takes, while callers wait.
+ * as long as it takes, while callers wait. A batch that lost a race with
+ * another process writing the same keys (a deadlock) goes again at once,
+ * through the staging table.
  *
  * Every outcome (a receipt told, a promise settled) comes after COMMIT, so
  * a caller that acknowledges on it never acknowledges what could still be
@@ -492,6 +505,18 @@ export class BatchWriter {
         return;
       } catch (error) {
         const code = sqlstate(error);
+        if (isLostRace(error)) {
+          this.counters.retries++;
+          this.logger.info(
+            { rows: rows.length, error: describe(error) },
+            "batch lost a race with another transaction; retrying",
+          );
+          // Another process is writing the same keys: the staging path
+          // takes them in index order and tells stored from duplicate.
+          if (rows.length > 0) merge = true;
+          await sleep(Math.random() * LOST_RACE_JITTER_MS);
+          continue;
+        }
         if (isRetryable(error)) {
           this.retrying = true;
           attempt++;
@@ -600,9 +625,12 @@ export class BatchWriter {
       if (!single) await client.query("ROLLBACK").catch(() => {});
       throw error;
     } finally {
-      // A connection that failed for any reason but bad data is not trusted again.
+      // A connection that failed for any reason but bad data or a lost race is not trusted again.
       const reusable =
-        failure === undefined || sqlstate(failure) === UNIQUE_VIOLATION || isRowError(failure);
+        failure === undefined ||
+        sqlstate(failure) === UNIQUE_VIOLATION ||
+        isRowError(failure) ||
+        isLostRace(failure);
       client.off("error", onError);
       client.release(!reusable);
     }

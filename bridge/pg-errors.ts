@@ -1,8 +1,8 @@
 import pg from "pg";
 
 /**
- * SQLSTATEs after which the same batch is simply tried again: the server is
- * going away, starting, overloaded, or a transaction lost a race.
+ * SQLSTATEs after which the same batch is tried again after a pause: the
+ * server is going away, starting or overloaded.
  */
 export const RETRYABLE_SQLSTATES: ReadonlyMap<string, string> = new Map([
   ["08000", "connection_exception"],
@@ -11,8 +11,6 @@ export const RETRYABLE_SQLSTATES: ReadonlyMap<string, string> = new Map([
   ["08004", "sqlserver_rejected_establishment_of_sqlconnection"],
   ["08006", "connection_failure"],
   ["08P01", "protocol_violation"],
-  ["40001", "serialization_failure"],
-  ["40P01", "deadlock_detected"],
   ["53000", "insufficient_resources"],
   ["53100", "disk_full"],
   ["53200", "out_of_memory"],
@@ -42,6 +40,17 @@ const CONNECTION_LOST =
 
 export function sqlstate(error: unknown): string | undefined {
   return error instanceof pg.DatabaseError ? error.code : undefined;
+}
+
+/**
+ * SQLSTATEs of a transaction that lost a race with another one, typically
+ * another process writing the same keys: PostgreSQL is fine, the other
+ * transaction has finished or is about to, and the batch can go again at once.
+ */
+export const LOST_RACE_SQLSTATES: ReadonlySet<string> = new Set(["40001", "40P01"]);
+
+export function isLostRace(error: unknown): boolean {
+  return LOST_RACE_SQLSTATES.has(sqlstate(error) ?? "");
 }
 
 export function isRetryable(error: unknown): boolean {
