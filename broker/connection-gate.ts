@@ -46,6 +46,24 @@ export class ConnectionGate {
     return undefined;
   }
 
+  /**
+   * Holds a place in the total for a connection whose address is not read
+   * yet (a PROXY protocol header comes first); "connections" when none is
+   * left. `unhold()` gives the place back, before `admit` or instead of it.
+   */
+  hold(): Refusal | undefined {
+    if (this.open >= this.limits.maxConnections) {
+      this.refused.connections++;
+      return "connections";
+    }
+    this.open++;
+    return undefined;
+  }
+
+  unhold(): void {
+    this.open--;
+  }
+
   release(address: string): void {
     this.open--;
     const count = (this.byAddress.get(address) ?? 1) - 1;

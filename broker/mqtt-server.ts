@@ -9,12 +9,19 @@ import { createWebSocketStream, WebSocketServer } from "ws";
 import type { Logger } from "../bridge/logger.ts";
 import { ConnectionGate, type ConnectionLimits } from "./connection-gate.ts";
 import { PacketGuard } from "./packet-guard.ts";
+import { type ProxyAddress, readProxyHeader } from "./proxy-protocol.ts";
 
 export interface MqttServerOptions {
   /** Address every listener binds to. */
   host: string;
   /** MQTT over TCP; 0 picks a free port. */
   port: number;
+  /**
+   * The TCP listener is behind a load balancer that starts each connection
+   * with a PROXY protocol header (v1 or v2): the client's address is read
+   * from it, and a connection without one is closed.
+   */
+  proxyProtocol?: boolean;
   /** MQTT over TLS on its own port; also turns the WebSocket listener into WSS. */
   tls?: TlsListenerOptions;
   /** MQTT over WebSockets on path /mqtt; unset, no WebSocket listener. */
@@ -112,11 +119,17 @@ export async function startMqttServer(
   /**
    * Every listener's connections come through here: refused at the door
    * past a limit, otherwise handed to aedes behind a packet-size guard.
-   * `socket` carries the peer's address (and certificate); `stream` is what
-   * MQTT is read from (the socket itself, or a stream over a WebSocket).
+   * `socket` carries the peer's address (and certificate), unless a PROXY
+   * protocol header named the client (`origin`); `stream` is what MQTT is
+   * read from (the socket itself, or a stream over a WebSocket).
    */
-  const admit = (socket: net.Socket, stream: Duplex, request?: http.IncomingMessage) => {
-    const address = socket.remoteAddress ?? "unknown";
+  const admit = (
+    socket: net.Socket,
+    stream: Duplex,
+    request?: http.IncomingMessage,
+    origin?: ProxyAddress,
+  ) => {
+    const address = origin?.address ?? socket.remoteAddress ?? "unknown";
     const refusal = gate.admit(address);
     if (refusal) {
       logger.warn(
@@ -136,10 +149,44 @@ export async function startMqttServer(
     });
     pipeline(stream, guard, () => stream.destroy());
     // aedes reads MQTT from the guard and writes to the stream; it finds the
-    // peer's socket in `req`, as it does for WebSockets.
+    // peer's socket in `req`, as it does for WebSockets, and copies
+    // `req.connDetails` to `client.connDetails`.
     const client = broker.handle(
       Duplex.from({ readable: guard, writable: stream }),
-      request ?? ({ socket } as http.IncomingMessage),
+      request ??
+        ((origin
+          ? { socket, connDetails: connDetailsOf(origin) }
+          : { socket }) as http.IncomingMessage),
+    );
+  };
+
+  /**
+   * A connection through a load balancer: its PROXY protocol header comes
+   * before anything else and names the client, by whose address it is then
+   * admitted. Until the header is read it holds a place in the total only.
+   */
+  const admitProxied = (socket: net.Socket) => {
+    if (gate.hold()) {
+      logger.warn(
+        { remote: socket.remoteAddress, refusal: "connections", connections: gate.connections },
+        "connection refused: over a limit",
+      );
+      socket.destroy();
+      return;
+    }
+    readProxyHeader(socket, options.limits.connectTimeoutMs).then(
+      (header) => {
+        gate.unhold();
+        if (header) admit(socket, socket, undefined, header.source);
+      },
+      (error: Error) => {
+        gate.unhold();
+        logger.warn(
+          { remote: socket.remoteAddress, reason: error.message },
+          "connection closed: no valid PROXY protocol header (MQTT_PROXY_PROTOCOL=on)",
+        );
+        socket.destroy();
+      },
     );
   };
   broker.on("clientError", (client, error) => {
@@ -159,7 +206,9 @@ export async function startMqttServer(
     return listen(server, options.host, port, variable);
   };
 
-  const tcp = net.createServer((socket) => admit(socket, socket));
+  const tcp = net.createServer(
+    options.proxyProtocol ? admitProxied : (socket) => admit(socket, socket),
+  );
   let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
   try {
     ports = { port: await start(tcp, options.port, "MQTT_PORT") };
@@ -248,9 +297,39 @@ export function peerCertificateId(client: Client): string | undefined {
   return typeof cn === "string" ? cn : undefined;
 }
 
-/** The client's peer address, over TCP, TLS or WebSockets. */
+/**
+ * The client's address, over TCP, TLS or WebSockets: its peer's, or the one
+ * its PROXY protocol header gave.
+ */
 export function remoteAddress(client: Client): string {
-  return socketOf(client)?.remoteAddress ?? "unknown";
+  return (
+    (client.req as ProxiedRequest | undefined)?.connDetails?.ipAddress ??
+    socketOf(client)?.remoteAddress ??
+    "unknown"
+  );
+}
+
+/**
+ * The client behind a PROXY protocol header, under the names
+ * aedes-protocol-decoder gives `client.connDetails`.
+ */
+interface ConnDetails {
+  ipAddress: string;
+  port: number;
+  ipFamily: 4 | 6;
+}
+
+interface ProxiedRequest {
+  socket: net.Socket;
+  connDetails?: ConnDetails;
+}
+
+function connDetailsOf(origin: ProxyAddress): ConnDetails {
+  return {
+    ipAddress: origin.address,
+    port: origin.port,
+    ipFamily: origin.family === "IPv4" ? 4 : 6,
+  };
 }
 
 /**

@@ -10,10 +10,13 @@ import { MIGRATIONS_DIR } from "../bridge/migrate.ts";
 import { parseOptions } from "../device-sim/options.ts";
 import { BUILT_FOLDERS, OUT_DIR, sourceOf } from "./helpers/build.ts";
 import { argsOf, execForm, healthcheck, readDockerfile, type Stage } from "./helpers/dockerfile.ts";
+import { DEPLOY_CONFIG, STATS_PORT } from "./helpers/haproxy.ts";
+import { runCommand } from "./helpers/run-command.ts";
 
 interface Service {
   image?: string;
   build?: string;
+  profiles?: string[];
   /** A variable without a value is passed through from the shell that runs compose. */
   environment?: Record<string, string | null>;
   volumes?: string[];
@@ -159,6 +162,174 @@ describe("docker-compose.yml", () => {
 
   it("waits for the bridge to be healthy before starting the simulator", () => {
     expect(services.sim?.depends_on).toMatchObject({ bridge: { condition: "service_healthy" } });
+  });
+});
+
+interface HaproxySection {
+  /** global, defaults, frontend, backend, resolvers, … */
+  kind: string;
+  name: string;
+  /** Its settings, one a line, without comments. */
+  lines: string[];
+}
+
+function haproxySections(text: string): HaproxySection[] {
+  const sections: HaproxySection[] = [];
+  for (const raw of text.split("\n")) {
+    const line = raw.replace(/#.*/, "").trimEnd();
+    if (line.trim() === "") continue;
+    if (/^\S/.test(line)) {
+      const [kind = "", name = ""] = line.split(/\s+/);
+      sections.push({ kind, name, lines: [] });
+    } else {
+      sections.at(-1)?.lines.push(line.trim());
+    }
+  }
+  return sections;
+}
+
+/** An HAProxy time ("90m", "30s", "500", in milliseconds when bare) in seconds. */
+function seconds(time: string): number {
+  const match = /^(\d+)(us|ms|s|m|h|d)?$/.exec(time);
+  expect(match, time).not.toBeNull();
+  const [, value, unit = "ms"] = match as RegExpExecArray;
+  const scale = { us: 1e-6, ms: 1e-3, s: 1, m: 60, h: 3600, d: 86_400 }[unit] as number;
+  return Number(value) * scale;
+}
+
+describe("the cluster profile: nodes behind HAProxy", async () => {
+  const cluster = Object.entries(services).filter(([, service]) =>
+    service.profiles?.includes("cluster"),
+  );
+  const nodes = cluster.filter(([, service]) => service.build !== undefined);
+  const nodeConfigs = new Map(
+    nodes.map(([name, service]) => [name, loadConfig(setVariables(service))]),
+  );
+  const sections = haproxySections(await fs.readFile(DEPLOY_CONFIG, "utf8"));
+  const section = (kind: string, name: string) => {
+    const found = sections.find((candidate) => candidate.kind === kind && candidate.name === name);
+    expect(found, `${kind} ${name} in ${DEPLOY_CONFIG}`).toBeDefined();
+    return found as HaproxySection;
+  };
+  const setting = (found: HaproxySection, keyword: string) =>
+    found.lines
+      .filter((line) => line.startsWith(`${keyword} `))
+      .map((line) => line.slice(keyword.length + 1));
+  /** The backend a frontend sends to, and its servers as name, host, port and options. */
+  const backendOf = (frontend: string) => {
+    const backend = section(
+      "backend",
+      setting(section("frontend", frontend), "default_backend")[0] ?? "",
+    );
+    const servers = setting(backend, "server").map((line) => {
+      const [name = "", address = "", ...options] = line.split(/\s+/);
+      const [host, port] = address.split(":");
+      return { name, host, port: Number(port), options: options.join(" ") };
+    });
+    return { backend, servers };
+  };
+  const frontendPort = (frontend: string) =>
+    Number(/^:(\d+)$/.exec(setting(section("frontend", frontend), "bind")[0] ?? "")?.[1]);
+
+  it("leaves the default stack as it was: every new service is in the profile", () => {
+    const byDefault = Object.keys(services).filter((name) => !services[name]?.profiles);
+    expect(byDefault.sort()).toEqual(["bridge", "grafana", "postgres", "prometheus"]);
+    expect(cluster.map(([name]) => name).sort()).toEqual([
+      "bridge-1",
+      "bridge-2",
+      "haproxy",
+      "redis",
+    ]);
+  });
+
+  it("runs two or more nodes of the bridge's image, on the same PostgreSQL and Redis, behind the PROXY protocol", () => {
+    expect(nodes.length).toBeGreaterThanOrEqual(2);
+    for (const [name, service] of nodes) {
+      expect(service.build, name).toBe(services.bridge?.build);
+      for (const variable of Object.keys(service.environment ?? {})) {
+        expect(CONFIG_VARIABLES, `${name}: ${variable}`).toContain(variable);
+      }
+      const config = nodeConfigs.get(name);
+      expect(config?.databaseUrl, name).toBe(bridgeConfig.databaseUrl);
+      expect(config?.mqttProxyProtocol, name).toBe(true);
+      expect(config?.mqttHost, name).toBe("0.0.0.0");
+      const redis = new URL(config?.redisUrl ?? "");
+      expect(
+        cluster.map(([other]) => other),
+        name,
+      ).toContain(redis.hostname);
+      expect(redis.port, name).toBe("6379");
+      // Reachable through HAProxy only: a device connecting directly could name any address.
+      expect(service.ports, name).toBeUndefined();
+      expect(Object.keys(service.depends_on ?? {}), name).toEqual(["postgres", redis.hostname]);
+    }
+  });
+
+  it("mounts deploy/haproxy.cfg in the official image and publishes its frontends", () => {
+    const haproxy = services.haproxy;
+    expect(haproxy?.image).toMatch(/^haproxy:\d/);
+    expect(haproxy?.volumes).toContain(`./${DEPLOY_CONFIG}:/usr/local/etc/haproxy/haproxy.cfg:ro`);
+    const published = (haproxy?.ports ?? []).map((mapping) => Number(mapping.split(":")[1]));
+    expect(published.sort()).toEqual(
+      [frontendPort("mqtt"), frontendPort("http"), STATS_PORT].sort(),
+    );
+    expect(haproxy?.depends_on).toEqual(nodes.map(([name]) => name));
+  });
+
+  it("sends MQTT to every node's MQTT port with a PROXY v2 header, checking its /health", () => {
+    const { backend, servers } = backendOf("mqtt");
+    expect(setting(section("frontend", "mqtt"), "mode")).toEqual(["tcp"]);
+    expect(setting(backend, "mode")).toEqual(["tcp"]);
+    expect(setting(backend, "balance")).toEqual(["leastconn"]);
+    expect(servers.map((server) => server.name)).toEqual(nodes.map(([name]) => name));
+    for (const server of servers) {
+      const config = nodeConfigs.get(server.name);
+      expect(server.host).toBe(server.name);
+      expect(server.port).toBe(config?.mqttPort);
+      expect(server.options).toContain("send-proxy-v2");
+      expect(server.options).toMatch(new RegExp(`\\bcheck port ${config?.httpPort}\\b`));
+    }
+    expect(backend.lines).toContain("option httpchk");
+    expect(setting(backend, "http-check").join("\n")).toMatch(/^send meth GET uri \/health /m);
+  });
+
+  it("keeps an idle MQTT connection open longer than the longest keepalive a node allows", () => {
+    const keepalive = Math.max(
+      ...[...nodeConfigs.values()].map((config) => config.mqttMaxKeepaliveS),
+    );
+    const clientTimeout = setting(section("frontend", "mqtt"), "timeout client")[0] ?? "0";
+    const serverTimeout = setting(backendOf("mqtt").backend, "timeout server")[0] ?? "0";
+    // aedes drops a client silent for 1.5 × its keepalive: the proxy must not do it first.
+    expect(seconds(clientTimeout)).toBeGreaterThanOrEqual(1.5 * keepalive);
+    expect(seconds(serverTimeout)).toBeGreaterThanOrEqual(1.5 * keepalive);
+  });
+
+  it("balances the HTTP API in HTTP mode over every node's HTTP port, checking /health", () => {
+    const { backend, servers } = backendOf("http");
+    expect(setting(section("frontend", "http"), "mode")).toEqual(["http"]);
+    expect(setting(backend, "mode")).toEqual(["http"]);
+    expect(servers.map((server) => [server.name, server.host, server.port])).toEqual(
+      nodes.map(([name]) => [name, name, nodeConfigs.get(name)?.httpPort]),
+    );
+    expect(backend.lines).toContain("option httpchk");
+    expect(setting(backend, "http-check").join("\n")).toMatch(/^send meth GET uri \/health /m);
+    // POST /publish holds its request until the commit, up to INGEST_TIMEOUT_MS.
+    const ingestTimeout = Math.max(
+      ...[...nodeConfigs.values()].map((config) => config.ingestTimeoutMs),
+    );
+    expect(seconds(setting(backend, "timeout server")[0] ?? "0")).toBeGreaterThan(
+      ingestTimeout / 1000,
+    );
+  });
+
+  it("is a configuration HAProxy accepts, though the nodes' names resolve only inside compose", async () => {
+    const result = await runCommand("haproxy", ["-c", "-f", DEPLOY_CONFIG]);
+    expect(result.code, result.stdout + result.stderr).toBe(0);
+    const warnings = `${result.stdout}${result.stderr}`
+      .split("\n")
+      .filter((line) => line.includes("[WARNING]"));
+    for (const warning of warnings)
+      expect(warning).toMatch(/could not resolve address 'bridge-\d+'/);
   });
 });
 
