@@ -1,3 +1,4 @@
+import type { EventEmitter } from "node:events";
 import pg from "pg";
 import { BatchWriter } from "../bridge/batch-writer.ts";
 import type { Config } from "../bridge/config.ts";
@@ -14,6 +15,7 @@ import { IdentityDirectory } from "../broker/auth/identity-directory.ts";
 import { watchIdentities } from "../broker/auth/revocation.ts";
 import { createIngestHooks } from "../broker/ingest-hook.ts";
 import { type MqttLimits, type MqttServer, startMqttServer } from "../broker/mqtt-server.ts";
+import { connectSharedState } from "../broker/shared-state.ts";
 import { type HttpServer, startHttpServer } from "../http/server.ts";
 import { IdentityStore } from "../storage/identities.ts";
 
@@ -128,6 +130,25 @@ export async function startService(
     cleanup.push(() => watcher.close());
     await watcher.ready;
 
+    const ingestHooks = createIngestHooks({
+      ingest: writer,
+      bridged: topics.bridged,
+      timeoutMs: config.ingestTimeoutMs,
+      access,
+      logger,
+    });
+    const shared =
+      config.embeddedBroker && config.redisUrl
+        ? await connectSharedState(
+            {
+              url: config.redisUrl,
+              // The ingest hook decides by the payload alone: no client is needed.
+              forwards: (packet) => ingestHooks.authorizeForward(null as never, packet) !== null,
+            },
+            logger,
+          )
+        : undefined;
+    cleanup.push(() => shared?.close());
     const mqtt = config.embeddedBroker
       ? await startMqttServer(
           {
@@ -145,22 +166,25 @@ export async function startService(
                 : undefined,
             wsPort: config.mqttWsPort,
             limits: mqttLimits(config),
+            shared: shared?.broker,
           },
           {
-            ...createIngestHooks({
-              ingest: writer,
-              bridged: topics.bridged,
-              timeoutMs: config.ingestTimeoutMs,
-              access,
-              logger,
-            }),
+            ...ingestHooks,
             authenticate: access.authenticate,
             authorizeSubscribe: access.authorizeSubscribe,
           },
           logger,
         )
       : undefined;
-    cleanup.push(() => mqtt?.close());
+    cleanup.push(() => {
+      shared?.stopReconnecting();
+      return mqtt?.close();
+    });
+    // aedes emits what fails in the background, such as publishing the wills
+    // of a process that died, while Redis is unreachable; its types leave it out.
+    (mqtt?.broker as EventEmitter | undefined)?.on("error", (error: Error) =>
+      logger.warn({ err: error }, "broker background step failed"),
+    );
     const metrics = new Metrics({
       writer,
       access,

@@ -26,6 +26,11 @@ export interface MqttServerOptions {
   tls?: TlsListenerOptions;
   /** MQTT over WebSockets on path /mqtt; unset, no WebSocket listener. */
   wsPort?: number;
+  /**
+   * Where aedes keeps live messages, sessions and retained messages, shared
+   * with other processes (see shared-state.ts); unset, in this process's memory.
+   */
+  shared?: Pick<AedesOptions, "mq" | "persistence">;
   /** What every listener allows a connection. */
   limits: MqttLimits;
 }
@@ -98,6 +103,7 @@ export async function startMqttServer(
   const { maxKeepaliveS } = options.limits;
   const broker = await Aedes.createBroker({
     ...hooks,
+    ...options.shared,
     connectTimeout: options.limits.connectTimeoutMs,
     preConnect(client, packet, callback) {
       const keepalive = packet.keepalive ?? 0;
