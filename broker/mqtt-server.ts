@@ -212,15 +212,19 @@ export async function startMqttServer(
     return listen(server, options.host, port, variable);
   };
 
+  // A PUBACK goes out as soon as its batch commits, not after the client's
+  // delayed ACK of the previous segment (Nagle's algorithm).
   const tcp = net.createServer(
+    { noDelay: true },
     options.proxyProtocol ? admitProxied : (socket) => admit(socket, socket),
   );
   let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
   try {
     ports = { port: await start(tcp, options.port, "MQTT_PORT") };
     if (options.tls) {
-      const server = tls.createServer(serverSecureOptions(options.tls), (socket) =>
-        admit(socket, socket),
+      const server = tls.createServer(
+        { ...serverSecureOptions(options.tls), noDelay: true },
+        (socket) => admit(socket, socket),
       );
       secureListeners.push(server);
       ports.tlsPort = await start(server, options.tls.port, "MQTTS_PORT");
