@@ -10,6 +10,14 @@
  * - ours: the service with SOURCE_URL pointing at that Mosquitto, plus the
  *   environment of the variant (share group, connections, protocol).
  *
+ * Each scenario runs under one of two loads:
+ *
+ * - stream: the subscriber is subscribed before the publishers start and
+ *   takes the messages while they publish, so it is bounded by their rate;
+ * - backlog: the subscriber subscribes and goes away, the publishers put
+ *   every message into its session at Mosquitto, then the subscriber starts
+ *   again and drains them, bounded by nothing but itself and Mosquitto.
+ *
  * The ceiling and naive subscribers run as a child process too (this file,
  * with BENCH_SUBSCRIBER set), so that no subscriber shares a core with the
  * publishers. Every scenario gets a fresh Mosquitto and, where something is
@@ -34,6 +42,9 @@ import { insertValues } from "./writer.ts";
 export const BRIDGE_SCENARIOS = ["ceiling", "naive", "ours"] as const;
 export type BridgeScenario = (typeof BRIDGE_SCENARIOS)[number];
 
+export const BRIDGE_LOADS = ["stream", "backlog"] as const;
+export type BridgeLoad = (typeof BRIDGE_LOADS)[number];
+
 /** Publishers × messages each keeps in flight, as the pipeline bench's gateways. */
 export const PUBLISHERS = { devices: 10, inflight: 100 } as const;
 
@@ -43,6 +54,8 @@ const FILTER = "telemetry/#";
 const MAX_PAYLOAD_BYTES = 64 * 1024;
 /** A subscriber that stores nothing new for this long has lost messages, or hangs. */
 const STALL_MS = 30_000;
+/** How long a subscriber may take to subscribe. */
+const SUBSCRIBE_MS = 20_000;
 /**
  * The finest and the coarsest interval between two looks at the progress:
  * GET /stats costs the service about a millisecond of CPU, so it is asked
@@ -53,11 +66,11 @@ const POLL_MAX_MS = 200;
 
 /**
  * Mosquitto's settings in every run. `max_queued_messages 0`: no maximum, so
- * a subscriber slower than the publishers makes the queue grow instead of
- * making Mosquitto drop (its default of 1,000 queued a client drops the rest).
- * `max_inflight_messages`: unacknowledged messages Mosquitto sends to a v4
- * subscriber, and to a v5 one that sends no Receive Maximum (one that does
- * gets exactly that many, whatever this says); 0 is no maximum.
+ * a subscriber slower than the publishers, or away, makes the queue grow
+ * instead of making Mosquitto drop (its default of 1,000 queued a client
+ * drops the rest). `max_inflight_messages`: unacknowledged messages Mosquitto
+ * sends to a v4 subscriber, and to a v5 one that sends no Receive Maximum
+ * (one that does gets exactly that many, whatever this says); 0 is no maximum.
  */
 export function mosquittoSettings(inflight: number): string[] {
   return ["max_queued_messages 0", "max_queued_bytes 0", `max_inflight_messages ${inflight}`];
@@ -78,27 +91,49 @@ export interface BridgeOptions {
 }
 
 export interface BridgeResult {
+  load: BridgeLoad;
   scenario: BridgeScenario;
   connections: number;
   /** The environment the service ran with beyond SOURCE_URL (ours). */
   env: Record<string, string>;
   messages: number;
-  /** From the first message received to the last one received (ceiling) or committed. */
+  /**
+   * From the first message received to the last one received (ceiling) or
+   * committed; for the backlog, the first message the subscriber received
+   * after it started again.
+   */
   seconds: number;
   perSecond: number;
-  /** The publishers' rate: from the first publish to Mosquitto's last PUBACK. */
+  /**
+   * The publishers' rate: from the first publish to Mosquitto's last PUBACK
+   * (for the backlog, with the subscriber away).
+   */
   publishedPerSecond: number;
-  /** CPU seconds the subscriber process (the service, for ours) used during the run. */
+  /**
+   * CPU seconds the subscriber process (the service, for ours) used: from
+   * the first publish (stream) or from its start again (backlog) to the last
+   * message.
+   */
   cpuSeconds: number;
   /** ceiling: as many messages received as sent; naive, ours: PostgreSQL holds each one exactly once. */
   exactlyOnce: boolean;
 }
 
+interface Progress {
+  /** Messages received (ceiling) or committed so far. */
+  count: number;
+  /** When the first was, once there is one. */
+  firstAtMs: number | undefined;
+  /** When the latest was, or when the count was taken. */
+  lastAtMs: number;
+}
+
 interface Subscriber {
-  process: ServiceProcess;
-  databaseUrl: string | undefined;
-  /** Messages received (ceiling) or committed so far, and when the first and latest were. */
-  progress(): Promise<{ count: number; firstAtMs: number | undefined; lastAtMs: number }>;
+  pid: number;
+  /** Resolves once each of its connections is subscribed. */
+  subscribed(): Promise<void>;
+  progress(): Promise<Progress>;
+  /** SIGTERM, then its exit. */
   stop(): Promise<void>;
 }
 
@@ -124,26 +159,39 @@ function lastJson(child: ServiceProcess, msg: string): Record<string, unknown> |
   return undefined;
 }
 
+/** Resolves once `child` has printed `count` lines with `msg`. */
+async function logged(child: ServiceProcess, msg: string, count: number): Promise<void> {
+  for (let waited = 0; ; waited += 50) {
+    const lines = child.output.filter((line) => line.includes(`"msg":"${msg}"`)).length;
+    if (lines >= count) return;
+    if (waited > SUBSCRIBE_MS)
+      throw new Error(
+        `no ${count} "${msg}" within ${SUBSCRIBE_MS} ms:\n${child.output.join("\n")}`,
+      );
+    await sleep(50);
+  }
+}
+
+async function terminate(child: ServiceProcess): Promise<void> {
+  child.child.kill("SIGTERM");
+  await child.exited;
+}
+
+/** The subscriber, started: resolves once it says "ready", before it is subscribed. */
 async function startSubscriber(
-  serverUrl: string,
   broker: Mosquitto,
+  databaseUrl: string | undefined,
   scenario: BridgeScenario,
   connections: number,
   env: Record<string, string>,
   options: BridgeOptions,
 ): Promise<Subscriber> {
-  const database = scenario === "ceiling" ? undefined : await freshDatabase(serverUrl, scenario);
-  const stopWith = (child: ServiceProcess) => async () => {
-    child.child.kill("SIGTERM");
-    await child.exited;
-    if (database) await dropDatabase(serverUrl, database.name);
-  };
   if (scenario !== "ours") {
     const child = await spawnService(
       {
         BENCH_SUBSCRIBER: scenario,
         BROKER_URL: broker.url,
-        DATABASE_URL: database?.url ?? "",
+        DATABASE_URL: databaseUrl ?? "",
         CONNECTIONS: String(connections),
         PROTOCOL_VERSION: String(options.protocolVersion),
         EXPECTED: String(options.messages),
@@ -151,8 +199,8 @@ async function startSubscriber(
       "bench/bridge-mode.ts",
     );
     return {
-      process: child,
-      databaseUrl: database?.url,
+      pid: child.child.pid as number,
+      subscribed: () => logged(child, "subscribed", 1),
       progress: async () => {
         const line = lastJson(child, "count");
         return {
@@ -161,38 +209,23 @@ async function startSubscriber(
           lastAtMs: Number(line?.lastAtMs ?? 0),
         };
       },
-      stop: stopWith(child),
+      stop: () => terminate(child),
     };
   }
   const child = await spawnService({
-    DATABASE_URL: database?.url as string,
+    DATABASE_URL: databaseUrl as string,
     MQTT_PORT: "0",
     SOURCE_URL: broker.url,
     SOURCE_CLIENT_ID: SUBSCRIBER_CLIENT_ID,
     SOURCE_PROTOCOL_VERSION: String(options.protocolVersion),
     ...env,
   });
-  const stop = stopWith(child);
-  try {
-    for (let waited = 0; ; waited += 50) {
-      const subscribed = child.output.filter((line) =>
-        line.includes("subscribed to the source broker"),
-      ).length;
-      if (subscribed >= connections) break;
-      if (waited > 20_000)
-        throw new Error(`the service did not subscribe:\n${child.output.join("\n")}`);
-      await sleep(50);
-    }
-  } catch (error) {
-    await stop();
-    throw error;
-  }
   const http = String(lastJson(child, "ready")?.http).replace("//localhost:", "//127.0.0.1:");
-  const pool = new pg.Pool({ connectionString: database?.url, max: 1 });
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 1 });
   let firstAtMs: number | undefined;
   return {
-    process: child,
-    databaseUrl: database?.url,
+    pid: child.child.pid as number,
+    subscribed: () => logged(child, "subscribed to the source broker", connections),
     progress: async () => {
       const response = await fetch(`${http}/stats`);
       const stats = (await response.json()) as { unique_processed: number };
@@ -207,8 +240,51 @@ async function startSubscriber(
     },
     stop: async () => {
       await pool.end();
-      await stop();
+      await terminate(child);
     },
+  };
+}
+
+/** Watches the subscriber until it has taken `sent` messages, or stalls. */
+async function follow(subscriber: Subscriber, sent: number): Promise<Progress> {
+  let progress = await subscriber.progress();
+  let movedAt = Date.now();
+  let wait = POLL_MAX_MS;
+  while (progress.count < sent && Date.now() - movedAt < STALL_MS) {
+    await sleep(wait);
+    const next = await subscriber.progress();
+    const perMs = (next.count - progress.count) / Math.max(next.lastAtMs - progress.lastAtMs, 1);
+    if (next.count > progress.count) movedAt = Date.now();
+    // Half the time the rest should take at the latest rate.
+    wait = Math.min(POLL_MAX_MS, Math.max(POLL_MS, (sent - next.count) / perMs / 2));
+    progress = next;
+  }
+  return progress;
+}
+
+/** The publishers, connected; `run` publishes every message and resolves with their rate. */
+async function connectPublishers(broker: Mosquitto, messages: number) {
+  const tag = Math.random().toString(36).slice(2, 7);
+  const ids = Array.from({ length: PUBLISHERS.devices }, (_, d) => `bridge-${tag}-${d}`);
+  const devices = await Promise.all(
+    ids.map((clientId) =>
+      mqtt.connectAsync(broker.url, { clientId, protocolVersion: 4, reconnectPeriod: 0 }),
+    ),
+  );
+  const perDevice = Math.ceil(messages / PUBLISHERS.devices);
+  const sent = perDevice * PUBLISHERS.devices;
+  return {
+    sent,
+    run: async (): Promise<number> => {
+      const started = Date.now();
+      await Promise.all(
+        devices.map((device, d) =>
+          new Stream(device, ids[d] as string, perDevice, PUBLISHERS.inflight).run(),
+        ),
+      );
+      return (sent * 1000) / Math.max(Date.now() - started, 1);
+    },
+    end: () => Promise.all(devices.map((device) => device.endAsync())),
   };
 }
 
@@ -224,81 +300,60 @@ async function exactlyOnceInDatabase(databaseUrl: string, sent: number): Promise
   }
 }
 
-/** One scenario: a fresh Mosquitto, its subscriber subscribed, then the publishers' load. */
+/** One scenario under one load, with a fresh Mosquitto. */
 export async function benchBridgeScenario(
   serverUrl: string,
   scenario: BridgeScenario,
+  load: BridgeLoad,
   env: Record<string, string>,
   options: BridgeOptions,
 ): Promise<BridgeResult> {
   const connections = connectionsOf(env);
   const broker = await startMosquitto(mosquittoSettings(options.inflight));
+  const database = scenario === "ceiling" ? undefined : await freshDatabase(serverUrl, scenario);
+  const start = () => startSubscriber(broker, database?.url, scenario, connections, env, options);
   try {
-    const subscriber = await startSubscriber(
-      serverUrl,
-      broker,
-      scenario,
-      connections,
-      env,
-      options,
-    );
-    const pid = subscriber.process.child.pid as number;
+    const publishers = await connectPublishers(broker, options.messages);
+    let subscriber: Subscriber | undefined;
     try {
-      const tag = Math.random().toString(36).slice(2, 7);
-      const ids = Array.from({ length: PUBLISHERS.devices }, (_, d) => `bridge-${tag}-${d}`);
-      const devices = await Promise.all(
-        ids.map((clientId) =>
-          mqtt.connectAsync(broker.url, { clientId, protocolVersion: 4, reconnectPeriod: 0 }),
-        ),
-      );
-      const perDevice = Math.ceil(options.messages / PUBLISHERS.devices);
-      const sent = perDevice * PUBLISHERS.devices;
-      const cpuBefore = await cpuSeconds(pid);
-      const started = Date.now();
-      const published = Promise.all(
-        devices.map((device, d) =>
-          new Stream(device, ids[d] as string, perDevice, PUBLISHERS.inflight).run(),
-        ),
-      ).then(() => Date.now());
-
-      let progress = await subscriber.progress();
-      let movedAt = Date.now();
-      let wait = POLL_MAX_MS;
-      while (progress.count < sent && Date.now() - movedAt < STALL_MS) {
-        await sleep(wait);
-        const next = await subscriber.progress();
-        const perMs =
-          (next.count - progress.count) / Math.max(next.lastAtMs - progress.lastAtMs, 1);
-        if (next.count > progress.count) movedAt = Date.now();
-        // Half the time the rest should take at the latest rate.
-        wait = Math.min(POLL_MAX_MS, Math.max(POLL_MS, (sent - next.count) / perMs / 2));
-        progress = next;
+      let published: Promise<number> | undefined;
+      if (load === "backlog") {
+        const session = await start();
+        await session.subscribed().finally(() => session.stop());
+        published = publishers.run();
+        await published;
       }
-      const cpu = (await cpuSeconds(pid)) - cpuBefore;
-      const publishedAt = await published;
-      await Promise.all(devices.map((device) => device.endAsync()));
+      subscriber = await start();
+      if (load === "stream") await subscriber.subscribed();
+      const cpuBefore = await cpuSeconds(subscriber.pid);
+      const started = Date.now();
+      published ??= publishers.run();
+      const progress = await follow(subscriber, publishers.sent);
+      const cpu = (await cpuSeconds(subscriber.pid)) - cpuBefore;
+      const publishedPerSecond = await published;
 
-      const firstAtMs = progress.firstAtMs ?? started;
-      const seconds = Math.max(progress.lastAtMs - firstAtMs, 1) / 1000;
+      const seconds = Math.max(progress.lastAtMs - (progress.firstAtMs ?? started), 1) / 1000;
       const exactlyOnce =
-        progress.count === sent &&
-        (subscriber.databaseUrl === undefined ||
-          (await exactlyOnceInDatabase(subscriber.databaseUrl, sent)));
+        progress.count === publishers.sent &&
+        (database === undefined || (await exactlyOnceInDatabase(database.url, publishers.sent)));
       return {
+        load,
         scenario,
         connections,
         env,
-        messages: sent,
+        messages: publishers.sent,
         seconds,
         perSecond: progress.count / seconds,
-        publishedPerSecond: (sent * 1000) / Math.max(publishedAt - started, 1),
+        publishedPerSecond,
         cpuSeconds: cpu,
         exactlyOnce,
       };
     } finally {
-      await subscriber.stop();
+      await subscriber?.stop();
+      await publishers.end();
     }
   } finally {
+    if (database) await dropDatabase(serverUrl, database.name);
     await broker.stop();
   }
 }
@@ -309,6 +364,7 @@ export interface BridgeReport {
   publishers: typeof PUBLISHERS;
   results: BridgeResult[];
   ratios: {
+    load: BridgeLoad;
     connections: number;
     env: Record<string, string>;
     oursPerCeiling: number;
@@ -316,9 +372,10 @@ export interface BridgeReport {
   }[];
 }
 
-/** ceiling, naive, then ours once per variant (the environment it adds to SOURCE_URL). */
+/** For each load: ceiling, naive, then ours once per variant (the environment it adds to SOURCE_URL). */
 export async function benchBridgeMode(
   serverUrl: string,
+  loads: readonly BridgeLoad[],
   variants: Record<string, string>[],
   options: BridgeOptions,
   progress: (line: string) => void,
@@ -332,14 +389,16 @@ export async function benchBridgeMode(
     ...variants.map((env): [BridgeScenario, Record<string, string>] => ["ours", env]),
   ];
   const results: BridgeResult[] = [];
-  for (const [scenario, env] of runs) {
-    progress(
-      `bridge mode, ${scenario}${Object.keys(env).length > 0 ? ` ${JSON.stringify(env)}` : ""}: ${options.messages} messages…`,
-    );
-    results.push(await benchBridgeScenario(serverUrl, scenario, env, options));
+  for (const load of loads) {
+    for (const [scenario, env] of runs) {
+      progress(
+        `bridge mode, ${load}, ${scenario}${Object.keys(env).length > 0 ? ` ${JSON.stringify(env)}` : ""}: ${options.messages} messages…`,
+      );
+      results.push(await benchBridgeScenario(serverUrl, scenario, load, env, options));
+    }
   }
-  const of = (scenario: BridgeScenario) =>
-    results.find((r) => r.scenario === scenario)?.perSecond ?? Number.NaN;
+  const of = (load: BridgeLoad, scenario: BridgeScenario) =>
+    results.find((r) => r.load === load && r.scenario === scenario)?.perSecond ?? Number.NaN;
   return {
     mosquitto: { version, settings: mosquittoSettings(options.inflight) },
     protocolVersion: options.protocolVersion,
@@ -348,10 +407,11 @@ export async function benchBridgeMode(
     ratios: results
       .filter((r) => r.scenario === "ours")
       .map((r) => ({
+        load: r.load,
         connections: r.connections,
         env: r.env,
-        oursPerCeiling: r.perSecond / of("ceiling"),
-        oursPerNaive: r.perSecond / of("naive"),
+        oursPerCeiling: r.perSecond / of(r.load, "ceiling"),
+        oursPerNaive: r.perSecond / of(r.load, "naive"),
       })),
   };
 }
@@ -365,8 +425,9 @@ export function sharedVariant(connections: number): Record<string, string> {
 
 /**
  * The ceiling or naive subscriber (BENCH_SUBSCRIBER), in a process of its
- * own: says "ready" once every connection is subscribed, then a "count" line
- * at most every 10 ms while messages arrive.
+ * own: says "ready" once every connection is connected (a session it
+ * resumes delivers from then on), "subscribed" once every connection is
+ * subscribed, then a "count" line at most every 10 ms while messages arrive.
  */
 async function runSubscriber(scenario: BridgeScenario): Promise<void> {
   const env = process.env;
@@ -417,7 +478,7 @@ async function runSubscriber(scenario: BridgeScenario): Promise<void> {
 
   const clients = await Promise.all(
     Array.from({ length: connections }, async (_, n) => {
-      const client = await mqtt.connectAsync(env.BROKER_URL as string, {
+      const client = mqtt.connect(env.BROKER_URL as string, {
         clientId: connections === 1 ? SUBSCRIBER_CLIENT_ID : `${SUBSCRIBER_CLIENT_ID}-${n + 1}`,
         protocolVersion,
         clean: false,
@@ -443,11 +504,13 @@ async function runSubscriber(scenario: BridgeScenario): Promise<void> {
       } else {
         client.on("message", counted);
       }
-      await client.subscribeAsync(filter, { qos: 1 });
+      await new Promise((resolve, reject) => {
+        client.once("connect", resolve);
+        client.once("error", reject);
+      });
       return client;
     }),
   );
-  console.log(JSON.stringify({ msg: "ready", connections, filter }));
   process.on("SIGTERM", async () => {
     clearInterval(timer);
     report();
@@ -455,6 +518,9 @@ async function runSubscriber(scenario: BridgeScenario): Promise<void> {
     await pool?.end();
     process.exit(0);
   });
+  console.log(JSON.stringify({ msg: "ready", connections, filter }));
+  await Promise.all(clients.map((client) => client.subscribeAsync(filter, { qos: 1 })));
+  console.log(JSON.stringify({ msg: "subscribed" }));
 }
 
 const subscriber = process.env.BENCH_SUBSCRIBER as BridgeScenario | undefined;

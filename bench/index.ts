@@ -1,6 +1,7 @@
 /**
  * npm run bench -- [--messages N] [--rows N] [--batch N] [--window-keys N] [--storm-devices N] [--json]
- *   [--only bridge] [--bridge-connections 1,8] [--bridge-protocol 4|5] [--bridge-inflight N]
+ *   [--only bridge] [--bridge-load stream,backlog] [--bridge-connections 1,4] [--bridge-protocol 4|5]
+ *   [--bridge-inflight N]
  * npm run bench -- --soak SECONDS --soak-rate MSG_PER_S
  *
  * Runs against DATABASE_URL when set, otherwise a throwaway embedded PostgreSQL.
@@ -8,7 +9,13 @@
 import { parseArgs } from "node:util";
 import { AUTH_DEFAULTS } from "../broker/auth/authenticator.ts";
 import { startTestServer, type TestServer } from "../test/helpers/embedded-server.ts";
-import { type BridgeReport, benchBridgeMode, sharedVariant } from "./bridge-mode.ts";
+import {
+  BRIDGE_LOADS,
+  type BridgeLoad,
+  type BridgeReport,
+  benchBridgeMode,
+  sharedVariant,
+} from "./bridge-mode.ts";
 import { benchConnectStorm } from "./connect-storm.ts";
 import { benchDedupWindow } from "./dedup-window.ts";
 import {
@@ -32,7 +39,8 @@ const { values: args } = parseArgs({
     soak: { type: "string", default: "" },
     "soak-rate": { type: "string", default: "5000" },
     only: { type: "string", default: "" },
-    "bridge-connections": { type: "string", default: "1,8" },
+    "bridge-load": { type: "string", default: BRIDGE_LOADS.join(",") },
+    "bridge-connections": { type: "string", default: "1,4" },
     "bridge-protocol": { type: "string", default: "4" },
     "bridge-inflight": { type: "string", default: "0" },
     json: { type: "boolean", default: false },
@@ -89,6 +97,13 @@ async function soak(serverUrl: string, seconds: number, rate: number): Promise<v
 
 /** Bridge mode against a Mosquitto of its own: the report, or why it was skipped. */
 function bridgeMode(serverUrl: string, messages: number): Promise<BridgeReport | string> {
+  const loads = args["bridge-load"].split(",").map((load) => {
+    const name = load.trim();
+    if (!(BRIDGE_LOADS as readonly string[]).includes(name)) {
+      throw new Error(`--bridge-load takes stream, backlog or stream,backlog (got "${name}")`);
+    }
+    return name as BridgeLoad;
+  });
   const connections = args["bridge-connections"]
     .split(",")
     .map((n) => positive("bridge-connections", n.trim()));
@@ -100,11 +115,24 @@ function bridgeMode(serverUrl: string, messages: number): Promise<BridgeReport |
   }
   return benchBridgeMode(
     serverUrl,
+    loads,
     connections.map(sharedVariant),
     { messages, protocolVersion: protocol === "4" ? 4 : 5, inflight },
     progress,
   );
 }
+
+const BRIDGE_LOAD_HEADINGS: Record<BridgeLoad, string> = {
+  stream:
+    "stream: the subscriber subscribed before the publishers start; msg/s from the first message received " +
+    "to the last one received (ceiling) or committed (naive, ours), bounded by the publishers' rate; " +
+    "subscriber CPU from the first publish",
+  backlog:
+    "backlog: the subscriber subscribes and stops, every message is published into its session at Mosquitto, " +
+    "then it starts again; msg/s from the first message it then receives to the last one received (ceiling) " +
+    "or committed (naive, ours), bounded by the subscriber alone; publishers msg/s with the subscriber away; " +
+    "subscriber CPU from its start again",
+};
 
 function printBridgeMode(bridge: BridgeReport | string, messages: number): void {
   if (typeof bridge === "string") {
@@ -115,25 +143,29 @@ function printBridgeMode(bridge: BridgeReport | string, messages: number): void 
   console.log(
     `\nbridge mode, ${fmt(messages)} messages a run from ${devices} publishers × ${inflight} in flight (QoS 1) ` +
       `through ${bridge.mosquitto.version} (${bridge.mosquitto.settings.join(", ")}) ` +
-      `to an MQTT ${bridge.protocolVersion === 4 ? "3.1.1" : "5"} subscriber, QoS 1, persistent session; ` +
-      "msg/s from the first message received to the last one received (ceiling) or committed\n",
+      `to an MQTT ${bridge.protocolVersion === 4 ? "3.1.1" : "5"} subscriber, QoS 1, persistent session`,
   );
-  console.log(
-    "| scenario | connections | msg/s | × ceiling | × naive | publishers msg/s | subscriber CPU s | exactly once |",
-  );
-  console.log("|---|---|---:|---:|---:|---:|---:|---|");
-  const of = (scenario: string) =>
-    bridge.results.find((r) => r.scenario === scenario)?.perSecond ?? Number.NaN;
-  for (const r of bridge.results) {
-    const connections =
-      r.env.SOURCE_SHARE_GROUP === undefined
-        ? String(r.connections)
-        : `${r.connections} ($share/${r.env.SOURCE_SHARE_GROUP})`;
+  for (const load of BRIDGE_LOADS) {
+    const results = bridge.results.filter((r) => r.load === load);
+    if (results.length === 0) continue;
+    console.log(`\n${BRIDGE_LOAD_HEADINGS[load]}\n`);
     console.log(
-      `| ${r.scenario} | ${connections} | ${fmt(r.perSecond)} | ${fmt(r.perSecond / of("ceiling"), 2)} | ` +
-        `${fmt(r.perSecond / of("naive"), 2)} | ${fmt(r.publishedPerSecond)} | ${fmt(r.cpuSeconds, 1)} | ` +
-        `${r.exactlyOnce ? "yes" : "**NO**"} |`,
+      `| ${load} | connections | msg/s | × ceiling | × naive | publishers msg/s | subscriber CPU s | exactly once |`,
     );
+    console.log("|---|---|---:|---:|---:|---:|---:|---|");
+    const of = (scenario: string) =>
+      results.find((r) => r.scenario === scenario)?.perSecond ?? Number.NaN;
+    for (const r of results) {
+      const connections =
+        r.env.SOURCE_SHARE_GROUP === undefined
+          ? String(r.connections)
+          : `${r.connections} ($share/${r.env.SOURCE_SHARE_GROUP})`;
+      console.log(
+        `| ${r.scenario} | ${connections} | ${fmt(r.perSecond)} | ${fmt(r.perSecond / of("ceiling"), 2)} | ` +
+          `${fmt(r.perSecond / of("naive"), 2)} | ${fmt(r.publishedPerSecond)} | ${fmt(r.cpuSeconds, 1)} | ` +
+          `${r.exactlyOnce ? "yes" : "**NO**"} |`,
+      );
+    }
   }
 }
 
@@ -141,7 +173,7 @@ function bridgeFailures(bridge: BridgeReport | string): string[] {
   if (typeof bridge === "string") return [];
   return bridge.results
     .filter((r) => !r.exactlyOnce)
-    .map((r) => `bridge mode ${r.scenario} with ${r.connections} connection(s)`);
+    .map((r) => `bridge mode ${r.load} ${r.scenario} with ${r.connections} connection(s)`);
 }
 
 async function main(serverUrl: string): Promise<void> {
