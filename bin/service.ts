@@ -130,7 +130,7 @@ export async function startService(
     cleanup.push(() => watcher.close());
     await watcher.ready;
 
-    const ingestHooks = createIngestHooks({
+    const { forwards, ...ingestHooks } = createIngestHooks({
       ingest: writer,
       bridged: topics.bridged,
       timeoutMs: config.ingestTimeoutMs,
@@ -142,8 +142,7 @@ export async function startService(
         ? await connectSharedState(
             {
               url: config.redisUrl,
-              // The ingest hook decides by the payload alone: no client is needed.
-              forwards: (packet) => ingestHooks.authorizeForward(null as never, packet) !== null,
+              forwards,
             },
             logger,
           )

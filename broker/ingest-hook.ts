@@ -254,12 +254,17 @@ export function createIngestHooks(options: IngestHookOptions) {
     );
   }
 
+  /** False for a redelivery or a denied publish, which no subscriber may receive. */
+  function forwards(packet: AedesPublishPacket): boolean {
+    return !unforwarded.has(packet.payload as Buffer);
+  }
+
   function authorizeForward(
     _client: Client,
     packet: AedesPublishPacket,
   ): AedesPublishPacket | null {
-    return unforwarded.has(packet.payload as Buffer) ? null : packet;
+    return forwards(packet) ? packet : null;
   }
 
-  return { preConnect, authorizePublish, authorizeForward };
+  return { preConnect, authorizePublish, authorizeForward, forwards };
 }
