@@ -233,6 +233,7 @@ async function main(serverUrl: string): Promise<void> {
       shape: shape.label,
       oursPerCeiling: ours / (of("ceiling") ?? Number.NaN),
       oursAuthPerCeiling: (of("ours+auth") ?? Number.NaN) / (of("ceiling") ?? Number.NaN),
+      oursWorkersPerOurs: (of("ours+workers") ?? Number.NaN) / ours,
       oursPerNaive: ours / (of("naive") ?? Number.NaN),
       oursPerDatabaseLimit: ours / databaseLimit,
       mosquittoPerCeiling: (of("mosquitto") ?? Number.NaN) / (of("ceiling") ?? Number.NaN),
@@ -261,12 +262,12 @@ async function main(serverUrl: string): Promise<void> {
       );
     }
     console.log(
-      "\n| load | ours / ceiling | ours+auth / ceiling | ours / naive | ours / database limit | Mosquitto / ceiling |",
+      "\n| load | ours / ceiling | ours+workers / ours | ours+auth / ceiling | ours / naive | ours / database limit | Mosquitto / ceiling |",
     );
-    console.log("|---|---:|---:|---:|---:|---:|");
+    console.log("|---|---:|---:|---:|---:|---:|---:|");
     for (const r of ratios) {
       console.log(
-        `| ${r.shape} | ${fmt(r.oursPerCeiling, 2)} | ${fmt(r.oursAuthPerCeiling, 2)} | ${fmt(r.oursPerNaive, 1)} | ${fmt(r.oursPerDatabaseLimit, 2)} | ${
+        `| ${r.shape} | ${fmt(r.oursPerCeiling, 2)} | ${fmt(r.oursWorkersPerOurs, 2)} | ${fmt(r.oursAuthPerCeiling, 2)} | ${fmt(r.oursPerNaive, 1)} | ${fmt(r.oursPerDatabaseLimit, 2)} | ${
           Number.isNaN(r.mosquittoPerCeiling) ? "–" : fmt(r.mosquittoPerCeiling, 2)
         } |`,
       );

@@ -4,6 +4,7 @@
  *
  * - ceiling: our service with no topic bridged (aedes acknowledges at once);
  * - ours: the service as `npm start` runs it, acknowledging after commit;
+ * - ours+workers: the same with WORKERS=2, two processes on the same ports;
  * - ours+auth: the same with ALLOW_ANONYMOUS=false, each device an identity
  *   logging in with its secret, and each publish checked against its ACL;
  * - naive: the same broker, one INSERT … ON CONFLICT per message before the ack;
@@ -20,7 +21,14 @@ import { Stream } from "../test/helpers/device.ts";
 import { freePort } from "../test/helpers/free-port.ts";
 import { type ServiceProcess, spawnService } from "../test/helpers/service.ts";
 
-export const SCENARIOS = ["ceiling", "ours", "ours+auth", "naive", "mosquitto"] as const;
+export const SCENARIOS = [
+  "ceiling",
+  "ours",
+  "ours+workers",
+  "ours+auth",
+  "naive",
+  "mosquitto",
+] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 
 export interface Shape {
@@ -45,7 +53,7 @@ export interface ScenarioResult {
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
-  /** CPU seconds the broker process used during the load; undefined for Mosquitto. */
+  /** CPU seconds the broker's processes used during the load; undefined for Mosquitto. */
   cpuSeconds: number | undefined;
   peakRssMiB: number | undefined;
   /** Whether PostgreSQL holds each message exactly once; undefined where nothing is stored. */
@@ -54,15 +62,36 @@ export interface ScenarioResult {
 
 const CLOCK_TICKS_PER_SECOND = 100;
 
-export async function cpuSeconds(pid: number): Promise<number> {
-  const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+/** The process and its descendants (the workers of WORKERS > 1). */
+async function processTree(pid: number): Promise<number[]> {
+  const children = await fs
+    .readFile(`/proc/${pid}/task/${pid}/children`, "utf8")
+    .then((text) => text.split(" ").filter(Boolean).map(Number))
+    .catch(() => []);
+  const below = await Promise.all(children.map((child) => processTree(child)));
+  return [pid, ...below.flat()];
 }
 
+/** CPU seconds used so far by the process and its descendants. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  let total = 0;
+  for (const member of await processTree(pid)) {
+    const stat = await fs.readFile(`/proc/${member}/stat`, "utf8").catch(() => "");
+    if (stat === "") continue;
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    total += (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+  }
+  return total;
+}
+
+/** The memory figure summed over the process and its descendants, in MiB. */
 async function memoryMiB(pid: number, field: "VmHWM" | "VmRSS"): Promise<number> {
-  const status = await fs.readFile(`/proc/${pid}/status`, "utf8");
-  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
+  let total = 0;
+  for (const member of await processTree(pid)) {
+    const status = await fs.readFile(`/proc/${member}/status`, "utf8").catch(() => "");
+    total += Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
+  }
+  return total / 1024;
 }
 
 export interface Broker {
@@ -98,6 +127,7 @@ export async function startBroker(
   };
   let secrets: Map<string, string> | undefined;
   if (scenario === "ceiling") env.BRIDGE_TOPICS = "nothing-is-bridged/#";
+  if (scenario === "ours+workers") env.WORKERS = "2";
   if (scenario === "naive" || scenario === "ours+auth") await migrate(database.url);
   if (scenario === "ours+auth") {
     env.ALLOW_ANONYMOUS = "false";
