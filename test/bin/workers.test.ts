@@ -30,10 +30,11 @@ const alive = (pid: number) => {
   }
 };
 
+/** `read` until `done`; a request cut by the worker being killed is tried again. */
 async function eventually<T>(read: () => Promise<T>, done: (value: T) => boolean): Promise<T> {
   for (let waited = 0; ; waited += 100) {
-    const value = await read();
-    if (done(value) || waited > 20_000) return value;
+    const value = await read().catch(() => undefined);
+    if ((value !== undefined && done(value)) || waited > 20_000) return value as T;
     await sleep(100);
   }
 }

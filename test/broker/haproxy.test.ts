@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { rawConnect, Stream } from "../helpers/device.ts";
 import { freePort } from "../helpers/free-port.ts";
 import { type Haproxy, startHaproxy } from "../helpers/haproxy.ts";
+import { installed } from "../helpers/installed.ts";
 import { type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
@@ -62,133 +63,138 @@ function logLines(node: ServiceProcess): LogLine[] {
   });
 }
 
-describe("two nodes behind HAProxy (deploy/haproxy.cfg)", () => {
-  it("moves the devices of a SIGKILLed node to the other, which stores each message once and knows their addresses", async () => {
-    const ports: { mqtt: number; http: number }[] = [];
-    for (const _ of NODES) ports.push({ mqtt: await freePort(), http: await freePort() });
-    const nodes = await Promise.all(
-      ports.map((port) =>
-        spawnService({
-          DATABASE_URL: db.url,
-          MQTT_PORT: String(port.mqtt),
-          HTTP_PORT: String(port.http),
-          MQTT_PROXY_PROTOCOL: "on",
-          BATCH_MAX_WAIT_MS: "5",
-          // Every device and the tap fit on one node, from one address, and no more.
-          MQTT_MAX_CONNECTIONS_PER_ADDRESS: String(DEVICES + 1),
-        }).then((node) => {
-          running.push(node);
-          return node;
-        }),
-      ),
-    );
-    const proxy = await startHaproxy(
-      NODES.map((name, n) => ({
-        name,
-        ports: { 1883: ports[n]?.mqtt ?? 0, 8080: ports[n]?.http ?? 0 },
-      })),
-      PROXY_SOURCE,
-    );
-    haproxy = proxy;
-    const mqttServer = (name: string) => async () =>
-      (await proxy.servers())[`mqtt_nodes/${name}`] ?? { status: "missing", sessions: 0 };
-    await until(
-      async () => Object.values(await proxy.servers()).every((server) => server.status === "UP"),
-      "HAProxy's health checks find both nodes up",
-    );
-    const health = await fetch(`http://127.0.0.1:${proxy.ports[8080]}/health`);
-    expect(health.status).toBe(200);
-    const url = `mqtt://127.0.0.1:${proxy.ports[1883]}`;
+describe.skipIf(!installed("haproxy", "the HAProxy test"))(
+  "two nodes behind HAProxy (deploy/haproxy.cfg)",
+  () => {
+    it("moves the devices of a SIGKILLed node to the other, which stores each message once and knows their addresses", async () => {
+      const ports: { mqtt: number; http: number }[] = [];
+      for (const _ of NODES) ports.push({ mqtt: await freePort(), http: await freePort() });
+      const nodes = await Promise.all(
+        ports.map((port) =>
+          spawnService({
+            DATABASE_URL: db.url,
+            MQTT_PORT: String(port.mqtt),
+            HTTP_PORT: String(port.http),
+            MQTT_PROXY_PROTOCOL: "on",
+            BATCH_MAX_WAIT_MS: "5",
+            // Every device and the tap fit on one node, from one address, and no more.
+            MQTT_MAX_CONNECTIONS_PER_ADDRESS: String(DEVICES + 1),
+          }).then((node) => {
+            running.push(node);
+            return node;
+          }),
+        ),
+      );
+      const proxy = await startHaproxy(
+        NODES.map((name, n) => ({
+          name,
+          ports: { 1883: ports[n]?.mqtt ?? 0, 8080: ports[n]?.http ?? 0 },
+        })),
+        PROXY_SOURCE,
+      );
+      haproxy = proxy;
+      const mqttServer = (name: string) => async () =>
+        (await proxy.servers())[`mqtt_nodes/${name}`] ?? { status: "missing", sessions: 0 };
+      await until(
+        async () => Object.values(await proxy.servers()).every((server) => server.status === "UP"),
+        "HAProxy's health checks find both nodes up",
+      );
+      const health = await fetch(`http://127.0.0.1:${proxy.ports[8080]}/health`);
+      expect(health.status).toBe(200);
+      const url = `mqtt://127.0.0.1:${proxy.ports[1883]}`;
 
-    // The tap connects first; the node it lands on is the one killed.
-    const tapped: { eventId: string; at: number }[] = [];
-    const tap = mqtt.connect(url, {
-      clientId: "haproxy-tap",
-      clean: true,
-      protocolVersion: 4,
-      reconnectPeriod: 200,
-    });
-    clients.push(tap);
-    let tapConnections = 0;
-    tap.on("connect", () => tapConnections++);
-    tap.on("message", (_topic, payload) => {
-      tapped.push({ eventId: JSON.parse(payload.toString()).event_id, at: Date.now() });
-    });
-    await connected(tap);
-    await tap.subscribeAsync("telemetry/#", { qos: 0 });
-    let victimName: string | undefined;
-    for (const name of NODES) if ((await mqttServer(name)()).sessions === 1) victimName = name;
-    const victim = nodes[NODES.indexOf(victimName ?? "")];
-    const survivor = nodes.find((node) => node !== victim);
-    if (!victimName || !victim || !survivor) throw new Error("the tap is on no node");
-
-    const devices = Array.from({ length: DEVICES }, (_, n) => `haproxy-dev-${n + 1}`);
-    const streams: Stream[] = [];
-    for (const id of devices) {
-      const device = mqtt.connect(url, {
-        clientId: id,
-        clean: false,
+      // The tap connects first; the node it lands on is the one killed.
+      const tapped: { eventId: string; at: number }[] = [];
+      const tap = mqtt.connect(url, {
+        clientId: "haproxy-tap",
+        clean: true,
         protocolVersion: 4,
         reconnectPeriod: 200,
       });
-      clients.push(device);
-      await connected(device);
-      streams.push(new Stream(device, id, MESSAGES, 10, 10));
-    }
-    // leastconn: the tap's node has its share of devices too.
-    expect((await mqttServer(victimName)()).sessions).toBeGreaterThanOrEqual(3);
-    const done = Promise.all(streams.map((stream) => stream.run()));
+      clients.push(tap);
+      let tapConnections = 0;
+      tap.on("connect", () => tapConnections++);
+      tap.on("message", (_topic, payload) => {
+        tapped.push({ eventId: JSON.parse(payload.toString()).event_id, at: Date.now() });
+      });
+      await connected(tap);
+      await tap.subscribeAsync("telemetry/#", { qos: 0 });
+      let victimName: string | undefined;
+      for (const name of NODES) if ((await mqttServer(name)()).sessions === 1) victimName = name;
+      const victim = nodes[NODES.indexOf(victimName ?? "")];
+      const survivor = nodes.find((node) => node !== victim);
+      if (!victimName || !victim || !survivor) throw new Error("the tap is on no node");
 
-    await until(
-      () => streams.every((stream) => stream.acked.size >= MESSAGES / 5),
-      "every device has a fifth of its stream acknowledged",
-    );
-    victim.child.kill("SIGKILL");
-    await victim.exited;
-    const killedAt = Date.now();
-    await until(
-      async () => (await mqttServer(victimName)()).status === "DOWN",
-      "HAProxy's health check marks the killed node down",
-    );
-    await done;
-    expect(streams.map((stream) => stream.acked.size)).toEqual(devices.map(() => MESSAGES));
+      const devices = Array.from({ length: DEVICES }, (_, n) => `haproxy-dev-${n + 1}`);
+      const streams: Stream[] = [];
+      for (const id of devices) {
+        const device = mqtt.connect(url, {
+          clientId: id,
+          clean: false,
+          protocolVersion: 4,
+          reconnectPeriod: 200,
+        });
+        clients.push(device);
+        await connected(device);
+        streams.push(new Stream(device, id, MESSAGES, 10, 10));
+      }
+      // leastconn: the tap's node has its share of devices too.
+      expect((await mqttServer(victimName)()).sessions).toBeGreaterThanOrEqual(3);
+      const done = Promise.all(streams.map((stream) => stream.run()));
 
-    // The tap reconnected through HAProxy to the survivor and saw every device there.
-    expect(tapConnections).toBeGreaterThanOrEqual(2);
-    const seenAfter = new Set(
-      tapped.filter((message) => message.at > killedAt).map((m) => m.eventId.replace(/-\d+$/, "")),
-    );
-    expect([...seenAfter].sort()).toEqual([...devices].sort());
+      await until(
+        () => streams.every((stream) => stream.acked.size >= MESSAGES / 5),
+        "every device has a fifth of its stream acknowledged",
+      );
+      victim.child.kill("SIGKILL");
+      await victim.exited;
+      const killedAt = Date.now();
+      await until(
+        async () => (await mqttServer(victimName)()).status === "DOWN",
+        "HAProxy's health check marks the killed node down",
+      );
+      await done;
+      expect(streams.map((stream) => stream.acked.size)).toEqual(devices.map(() => MESSAGES));
 
-    // The survivor now holds the devices and the tap, all from 127.0.0.1 by
-    // their PROXY headers: one more from there is over the per-address limit,
-    // one from another address behind the same proxy is not.
-    const extra = await rawConnect({
-      port: proxy.ports[1883] ?? 0,
-      localAddress: "127.0.0.1",
-      clientId: "haproxy-extra",
-    });
-    extra.socket.destroy();
-    expect(extra.code).toBeUndefined();
-    const elsewhere = await rawConnect({
-      port: proxy.ports[1883] ?? 0,
-      localAddress: "127.0.0.2",
-      clientId: "haproxy-elsewhere",
-    });
-    elsewhere.socket.destroy();
-    expect(elsewhere.code).toBe(0);
-    const refusals = logLines(survivor).filter(
-      (line) => line.msg === "connection refused: over a limit",
-    );
-    expect(refusals.map(({ address, refusal }) => ({ address, refusal }))).toEqual([
-      { address: "127.0.0.1", refusal: "address_connections" },
-    ]);
+      // The tap reconnected through HAProxy to the survivor and saw every device there.
+      expect(tapConnections).toBeGreaterThanOrEqual(2);
+      const seenAfter = new Set(
+        tapped
+          .filter((message) => message.at > killedAt)
+          .map((m) => m.eventId.replace(/-\d+$/, "")),
+      );
+      expect([...seenAfter].sort()).toEqual([...devices].sort());
 
-    for (const client of clients) await client.endAsync();
-    const { rows } = await pool.query<{ copies: number; events: number }>(
-      `SELECT count(*)::int AS copies, count(DISTINCT (topic, event_id))::int AS events
+      // The survivor now holds the devices and the tap, all from 127.0.0.1 by
+      // their PROXY headers: one more from there is over the per-address limit,
+      // one from another address behind the same proxy is not.
+      const extra = await rawConnect({
+        port: proxy.ports[1883] ?? 0,
+        localAddress: "127.0.0.1",
+        clientId: "haproxy-extra",
+      });
+      extra.socket.destroy();
+      expect(extra.code).toBeUndefined();
+      const elsewhere = await rawConnect({
+        port: proxy.ports[1883] ?? 0,
+        localAddress: "127.0.0.2",
+        clientId: "haproxy-elsewhere",
+      });
+      elsewhere.socket.destroy();
+      expect(elsewhere.code).toBe(0);
+      const refusals = logLines(survivor).filter(
+        (line) => line.msg === "connection refused: over a limit",
+      );
+      expect(refusals.map(({ address, refusal }) => ({ address, refusal }))).toEqual([
+        { address: "127.0.0.1", refusal: "address_connections" },
+      ]);
+
+      for (const client of clients) await client.endAsync();
+      const { rows } = await pool.query<{ copies: number; events: number }>(
+        `SELECT count(*)::int AS copies, count(DISTINCT (topic, event_id))::int AS events
          FROM telemetry WHERE device_id LIKE 'haproxy-dev-%'`,
-    );
-    expect(rows[0]).toEqual({ copies: DEVICES * MESSAGES, events: DEVICES * MESSAGES });
-  }, 90_000);
-});
+      );
+      expect(rows[0]).toEqual({ copies: DEVICES * MESSAGES, events: DEVICES * MESSAGES });
+    }, 90_000);
+  },
+);

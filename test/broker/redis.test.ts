@@ -4,6 +4,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { closed, connectDevice, type Device, reading } from "../helpers/device.ts";
 import { freePort } from "../helpers/free-port.ts";
+import { installed } from "../helpers/installed.ts";
 import { type RedisServer, startRedis } from "../helpers/redis.ts";
 import { type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
@@ -126,145 +127,157 @@ afterAll(async () => {
   await pool.end();
 });
 
-describe("two service processes sharing one Redis (REDIS_URL)", () => {
-  it("delivers to a live tap on one process what devices publish on the other, each message stored and forwarded once", async () => {
-    const tap = await connect(b.port, "tap-live");
-    await tap.subscribeAsync("telemetry/#", { qos: 0 });
-    const tapped = inbox(tap);
+describe.skipIf(!installed("redis-server", "the Redis tests"))(
+  "two service processes sharing one Redis (REDIS_URL)",
+  () => {
+    it("delivers to a live tap on one process what devices publish on the other, each message stored and forwarded once", async () => {
+      const tap = await connect(b.port, "tap-live");
+      await tap.subscribeAsync("telemetry/#", { qos: 0 });
+      const tapped = inbox(tap);
 
-    const onA = await connect(a.port, "dev-live");
-    for (let n = 1; n <= 10; n++) {
-      await onA.publishAsync("telemetry/dev-live/env", reading("dev-live", n, 1_700_000_000_000), {
-        qos: 1,
-      });
-    }
-    await onA.endAsync();
-    // The same device on the other process: 6–10 again (its retries), then 11–15.
-    const onB = await connect(b.port, "dev-live");
-    for (let n = 6; n <= 15; n++) {
-      await onB.publishAsync("telemetry/dev-live/env", reading("dev-live", n, 1_700_000_000_000), {
-        qos: 1,
-      });
-    }
+      const onA = await connect(a.port, "dev-live");
+      for (let n = 1; n <= 10; n++) {
+        await onA.publishAsync(
+          "telemetry/dev-live/env",
+          reading("dev-live", n, 1_700_000_000_000),
+          {
+            qos: 1,
+          },
+        );
+      }
+      await onA.endAsync();
+      // The same device on the other process: 6–10 again (its retries), then 11–15.
+      const onB = await connect(b.port, "dev-live");
+      for (let n = 6; n <= 15; n++) {
+        await onB.publishAsync(
+          "telemetry/dev-live/env",
+          reading("dev-live", n, 1_700_000_000_000),
+          {
+            qos: 1,
+          },
+        );
+      }
 
-    const expected = Array.from({ length: 15 }, (_, i) => `dev-live-${i + 1}`).sort();
-    await tapped.until(15);
-    // Time for a redelivery to be forwarded, were it to be.
-    await sleep(300);
-    const forwarded = tapped.received.map((message) => JSON.parse(message.payload).event_id);
-    expect(forwarded.sort()).toEqual(expected);
-    expect(await eventIds("dev-live")).toEqual(expected);
-  });
-
-  it("closes a client's first connection when its client id connects on the other process", async () => {
-    const first = await connect(a.port, "dev-takeover");
-    const firstClosed = closed(first);
-    const second = await connect(b.port, "dev-takeover");
-    await within(firstClosed, 5000, "the first connection closed");
-    expect(first.connected).toBe(false);
-    await sleep(300);
-    expect(second.connected).toBe(true);
-  });
-
-  it("keeps persistent sessions, their queued QoS 1 messages and retained messages across a restart and from process to process", async () => {
-    const publisher = await connect(b.port, "pub-session");
-    await publisher.publishAsync("status/dev-session", "online", { qos: 1, retain: true });
-
-    const subscriber = await connect(a.port, "sub-session", { clean: false });
-    await subscriber.subscribeAsync("telemetry/dev-session/#", { qos: 1 });
-    await subscriber.endAsync();
-
-    expect(await stop(a.service)).toBe(0);
-    a = await spawn();
-
-    // Away: queued for it in Redis, published on B.
-    for (let n = 1; n <= 3; n++) {
-      await publisher.publishAsync("telemetry/dev-session/env", reading("dev-session", n), {
-        qos: 1,
-      });
-    }
-    // Back on B, the process it had not used: the session and its queue are there.
-    const onB = await resume(b.port, "sub-session");
-    expect(onB.sessionPresent).toBe(true);
-    await onB.until(3);
-    await onB.client.endAsync();
-
-    // Away again: published on the restarted A.
-    const publisherOnA = await connect(a.port, "pub-session-2");
-    for (let n = 4; n <= 5; n++) {
-      await publisherOnA.publishAsync("telemetry/dev-session/env", reading("dev-session", n), {
-        qos: 1,
-      });
-    }
-    const onA = await resume(a.port, "sub-session");
-    expect(onA.sessionPresent).toBe(true);
-    await onA.until(2);
-    // Its subscription, made on the process that was restarted, still holds.
-    await publisher.publishAsync("telemetry/dev-session/env", reading("dev-session", 6), {
-      qos: 1,
+      const expected = Array.from({ length: 15 }, (_, i) => `dev-live-${i + 1}`).sort();
+      await tapped.until(15);
+      // Time for a redelivery to be forwarded, were it to be.
+      await sleep(300);
+      const forwarded = tapped.received.map((message) => JSON.parse(message.payload).event_id);
+      expect(forwarded.sort()).toEqual(expected);
+      expect(await eventIds("dev-live")).toEqual(expected);
     });
-    await onA.until(3);
 
-    const ids = (messages: { payload: string }[]) =>
-      messages.map((message) => JSON.parse(message.payload).event_id);
-    expect(ids(onB.received)).toEqual(["dev-session-1", "dev-session-2", "dev-session-3"]);
-    expect(ids(onA.received)).toEqual(["dev-session-4", "dev-session-5", "dev-session-6"]);
+    it("closes a client's first connection when its client id connects on the other process", async () => {
+      const first = await connect(a.port, "dev-takeover");
+      const firstClosed = closed(first);
+      const second = await connect(b.port, "dev-takeover");
+      await within(firstClosed, 5000, "the first connection closed");
+      expect(first.connected).toBe(false);
+      await sleep(300);
+      expect(second.connected).toBe(true);
+    });
 
-    // The retained message, published on B before A restarted, from both.
-    for (const port of [a.port, b.port]) {
-      const reader = await connect(port, `retained-reader-${port}`);
-      const retained = inbox(reader);
-      await reader.subscribeAsync("status/#", { qos: 1 });
-      expect(await retained.until(1)).toEqual([
-        { topic: "status/dev-session", payload: "online", retain: true },
-      ]);
-    }
-  });
+    it("keeps persistent sessions, their queued QoS 1 messages and retained messages across a restart and from process to process", async () => {
+      const publisher = await connect(b.port, "pub-session");
+      await publisher.publishAsync("status/dev-session", "online", { qos: 1, retain: true });
 
-  it("fails to start with one line naming REDIS_URL when Redis cannot be reached", async () => {
-    const nowhere = `redis://127.0.0.1:${await freePort()}`;
-    const failure = await spawnService({
-      DATABASE_URL: db.url,
-      MQTT_PORT: "0",
-      REDIS_URL: nowhere,
-    }).then(
-      () => "started",
-      (error: Error) => error.message,
-    );
-    expect(failure).toMatch(/^service exited \(1\) before ready:\n/);
-    expect(failure.split("\n")).toContain(
-      `cannot reach Redis at ${nowhere} (REDIS_URL): connect ECONNREFUSED ${nowhere.slice("redis://".length)}. Start that server or correct REDIS_URL; unset it to keep the broker's state in each process.`,
-    );
-  });
+      const subscriber = await connect(a.port, "sub-session", { clean: false });
+      await subscriber.subscribeAsync("telemetry/dev-session/#", { qos: 1 });
+      await subscriber.endAsync();
 
-  it("stores and acknowledges while Redis is away, logs the loss, reconnects by itself, and shuts down cleanly even without it", async () => {
-    const tap = await connect(b.port, "tap-outage");
-    await tap.subscribeAsync("telemetry/#", { qos: 0 });
-    const tapped = inbox(tap);
-    const device = await connect(a.port, "dev-outage");
+      expect(await stop(a.service)).toBe(0);
+      a = await spawn();
 
-    await redis.stop();
-    await waitForLine(a.service, "Redis connection lost");
-    await waitForLine(b.service, "Redis connection lost");
-    // Stored and acknowledged: the PUBACK does not wait for Redis.
-    await device.publishAsync("telemetry/dev-outage/env", reading("dev-outage", 1), { qos: 1 });
-    expect(await eventIds("dev-outage")).toEqual(["dev-outage-1"]);
+      // Away: queued for it in Redis, published on B.
+      for (let n = 1; n <= 3; n++) {
+        await publisher.publishAsync("telemetry/dev-session/env", reading("dev-session", n), {
+          qos: 1,
+        });
+      }
+      // Back on B, the process it had not used: the session and its queue are there.
+      const onB = await resume(b.port, "sub-session");
+      expect(onB.sessionPresent).toBe(true);
+      await onB.until(3);
+      await onB.client.endAsync();
 
-    await redis.start();
-    await waitForLine(a.service, "Redis connection restored");
-    await waitForLine(b.service, "Redis connection restored");
-    await device.publishAsync("telemetry/dev-outage/env", reading("dev-outage", 2), { qos: 1 });
-    // dev-outage-1 may come first or not at all: the publishing process sends
-    // it once it is back, and the tap's process may not have resubscribed yet.
-    const forwarded = () => tapped.received.map((message) => JSON.parse(message.payload).event_id);
-    const deadline = Date.now() + 10_000;
-    while (!forwarded().includes("dev-outage-2") && Date.now() < deadline) await sleep(20);
-    expect(forwarded()).toContain("dev-outage-2");
+      // Away again: published on the restarted A.
+      const publisherOnA = await connect(a.port, "pub-session-2");
+      for (let n = 4; n <= 5; n++) {
+        await publisherOnA.publishAsync("telemetry/dev-session/env", reading("dev-session", n), {
+          qos: 1,
+        });
+      }
+      const onA = await resume(a.port, "sub-session");
+      expect(onA.sessionPresent).toBe(true);
+      await onA.until(2);
+      // Its subscription, made on the process that was restarted, still holds.
+      await publisher.publishAsync("telemetry/dev-session/env", reading("dev-session", 6), {
+        qos: 1,
+      });
+      await onA.until(3);
 
-    await redis.stop();
-    await waitForLine(a.service, "Redis connection lost", 15_000, 2);
-    expect(await within(Promise.all([stop(a.service), stop(b.service)]), 15_000, "exit")).toEqual([
-      0, 0,
-    ]);
-  });
-});
+      const ids = (messages: { payload: string }[]) =>
+        messages.map((message) => JSON.parse(message.payload).event_id);
+      expect(ids(onB.received)).toEqual(["dev-session-1", "dev-session-2", "dev-session-3"]);
+      expect(ids(onA.received)).toEqual(["dev-session-4", "dev-session-5", "dev-session-6"]);
+
+      // The retained message, published on B before A restarted, from both.
+      for (const port of [a.port, b.port]) {
+        const reader = await connect(port, `retained-reader-${port}`);
+        const retained = inbox(reader);
+        await reader.subscribeAsync("status/#", { qos: 1 });
+        expect(await retained.until(1)).toEqual([
+          { topic: "status/dev-session", payload: "online", retain: true },
+        ]);
+      }
+    });
+
+    it("fails to start with one line naming REDIS_URL when Redis cannot be reached", async () => {
+      const nowhere = `redis://127.0.0.1:${await freePort()}`;
+      const failure = await spawnService({
+        DATABASE_URL: db.url,
+        MQTT_PORT: "0",
+        REDIS_URL: nowhere,
+      }).then(
+        () => "started",
+        (error: Error) => error.message,
+      );
+      expect(failure).toMatch(/^service exited \(1\) before ready:\n/);
+      expect(failure.split("\n")).toContain(
+        `cannot reach Redis at ${nowhere} (REDIS_URL): connect ECONNREFUSED ${nowhere.slice("redis://".length)}. Start that server or correct REDIS_URL; unset it to keep the broker's state in each process.`,
+      );
+    });
+
+    it("stores and acknowledges while Redis is away, logs the loss, reconnects by itself, and shuts down cleanly even without it", async () => {
+      const tap = await connect(b.port, "tap-outage");
+      await tap.subscribeAsync("telemetry/#", { qos: 0 });
+      const tapped = inbox(tap);
+      const device = await connect(a.port, "dev-outage");
+
+      await redis.stop();
+      await waitForLine(a.service, "Redis connection lost");
+      await waitForLine(b.service, "Redis connection lost");
+      // Stored and acknowledged: the PUBACK does not wait for Redis.
+      await device.publishAsync("telemetry/dev-outage/env", reading("dev-outage", 1), { qos: 1 });
+      expect(await eventIds("dev-outage")).toEqual(["dev-outage-1"]);
+
+      await redis.start();
+      await waitForLine(a.service, "Redis connection restored");
+      await waitForLine(b.service, "Redis connection restored");
+      await device.publishAsync("telemetry/dev-outage/env", reading("dev-outage", 2), { qos: 1 });
+      // dev-outage-1 may come first or not at all: the publishing process sends
+      // it once it is back, and the tap's process may not have resubscribed yet.
+      const forwarded = () =>
+        tapped.received.map((message) => JSON.parse(message.payload).event_id);
+      const deadline = Date.now() + 10_000;
+      while (!forwarded().includes("dev-outage-2") && Date.now() < deadline) await sleep(20);
+      expect(forwarded()).toContain("dev-outage-2");
+
+      await redis.stop();
+      await waitForLine(a.service, "Redis connection lost", 15_000, 2);
+      expect(await within(Promise.all([stop(a.service), stop(b.service)]), 15_000, "exit")).toEqual(
+        [0, 0],
+      );
+    });
+  },
+);
