@@ -158,4 +158,46 @@ describe("SOURCE_URL: a broker users already run", () => {
     service.child.kill("SIGTERM");
     expect(await service.exited).toBe(0);
   });
+
+  it("warns when Mosquitto says it dropped messages it could not queue", async () => {
+    const small = await startMosquitto(["max_queued_messages 5", "sys_interval 1"]);
+    try {
+      const env = { SOURCE_CLIENT_ID: "bridge-dropping" };
+      const away = await bridgeFrom(small.url, env);
+      away.child.kill("SIGTERM");
+      expect(await away.exited).toBe(0);
+      const device = await mqtt.connectAsync(small.url, { clientId: "src-dropped" });
+      for (let n = 0; n < 30; n++) {
+        await device.publishAsync(
+          "telemetry/src-dropped/env",
+          JSON.stringify({ event_id: `src-dropped-${n}`, ts: Date.now(), t: n }),
+          { qos: 1 },
+        );
+      }
+      await device.endAsync();
+      // Mosquitto publishes its $SYS counters every sys_interval.
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const back = await bridgeFrom(small.url, env);
+      const warning = async () =>
+        back.output.find((line) => line.includes("the source broker has dropped messages"));
+      for (let waited = 0; !(await warning()) && waited < 10_000; waited += 50) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(JSON.parse((await warning()) ?? "{}")).toMatchObject({ level: 40, dropped: 25 });
+      const kept = async () =>
+        (
+          await pool.query(
+            "SELECT count(*)::int AS n FROM telemetry WHERE device_id = 'src-dropped'",
+          )
+        ).rows[0].n;
+      for (let waited = 0; (await kept()) < 5 && waited < 10_000; waited += 50) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(await kept()).toBe(5);
+      back.child.kill("SIGTERM");
+      expect(await back.exited).toBe(0);
+    } finally {
+      await small.stop();
+    }
+  });
 });
