@@ -14,6 +14,7 @@ import {
   V1_MAX_BYTES,
   V2_MAX_PAYLOAD_BYTES,
 } from "../../broker/proxy-protocol.ts";
+import { rawConnect } from "../helpers/device.ts";
 import { silentLogger } from "../helpers/test-database.ts";
 
 const SIGNATURE = Buffer.from("0d0a0d0a000d0a515549540a", "hex");
@@ -357,32 +358,18 @@ describe("reading the header from a socket", () => {
   });
 });
 
-/** MQTT over a socket that first sends `preamble`: the CONNACK code, or undefined when closed without one. */
-async function connectWith(
+/**
+ * MQTT over a socket that first sends `preamble`, in the same write as the
+ * CONNECT (the listener must hand aedes what follows the header): the
+ * CONNACK code, or undefined when closed without one.
+ */
+function connectWith(
   port: number,
   preamble: Buffer | string,
   clientId: string,
   localAddress = "127.0.0.1",
 ): Promise<{ code: number | undefined; socket: net.Socket }> {
-  const socket = net.connect({ port, host: "127.0.0.1", localAddress });
-  socket.on("error", () => {});
-  const parser = mqttPacket.parser({ protocolVersion: 4 });
-  const code = new Promise<number | undefined>((resolve) => {
-    parser.on("packet", (packet) => resolve((packet as mqttPacket.IConnackPacket).returnCode));
-    socket.on("data", (data) => parser.parse(data));
-    socket.once("close", () => resolve(undefined));
-  });
-  const connect = mqttPacket.generate({
-    cmd: "connect",
-    protocolId: "MQTT",
-    protocolVersion: 4,
-    clean: true,
-    clientId,
-    keepalive: 30,
-  });
-  // Header and CONNECT in one write: the listener must hand aedes what follows the header.
-  socket.write(Buffer.concat([Buffer.from(preamble), connect]));
-  return { code: await code, socket };
+  return rawConnect({ port, preamble, clientId, localAddress });
 }
 
 function v1(source: string, port = 40000): string {

@@ -6,7 +6,7 @@ import { type Database, startEmbedded } from "../../bridge/database.ts";
 import { startTestServer } from "../helpers/embedded-server.ts";
 import { type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
 import { type MqttRelay, startMqttRelay } from "../helpers/mqtt-relay.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { logged, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase, silentLogger } from "../helpers/test-database.ts";
 
 // The first test stops and starts a PostgreSQL of its own; the second uses the suite's.
@@ -55,13 +55,6 @@ async function bridge(
   services.push(service);
   if (subscribed) await logged(service, "subscribed to the source broker", 10_000);
   return service;
-}
-
-async function logged(service: ServiceProcess, text: string, withinMs: number): Promise<void> {
-  for (let waited = 0; !service.output.some((line) => line.includes(text)); waited += 50) {
-    if (waited > withinMs) throw new Error(`never logged "${text}":\n${service.output.join("\n")}`);
-    await sleep(50);
-  }
 }
 
 async function stored(pool: pg.Pool, prefix: string): Promise<{ copies: number; unique: number }> {

@@ -4,7 +4,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { connectOutcome, freePort } from "../helpers/free-port.ts";
 import { type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
 import { type MqttRelay, startMqttRelay } from "../helpers/mqtt-relay.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { logged, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("source");
@@ -30,14 +30,7 @@ async function bridgeFrom(url: string, env: Record<string, string> = {}): Promis
     ...env,
   });
   running.push(service);
-  for (
-    let waited = 0;
-    !service.output.some((line) => line.includes("subscribed to the source broker"));
-    waited += 50
-  ) {
-    if (waited > 10_000) throw new Error(`not subscribed:\n${service.output.join("\n")}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+  await logged(service, "subscribed to the source broker");
   return service;
 }
 

@@ -1,11 +1,10 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
 import type { Summary } from "../../device-sim/summary.ts";
 import { type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { logged, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import type { SimResult } from "../helpers/sim.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
@@ -29,14 +28,7 @@ async function bridgeFrom(mosquitto: Mosquitto): Promise<ServiceProcess> {
     BATCH_MAX_WAIT_MS: "5",
   });
   running.push(service);
-  for (
-    let waited = 0;
-    !service.output.some((line) => line.includes("subscribed to the source broker"));
-    waited += 50
-  ) {
-    if (waited > 10_000) throw new Error(`not subscribed:\n${service.output.join("\n")}`);
-    await sleep(50);
-  }
+  await logged(service, "subscribed to the source broker");
   return service;
 }
 

@@ -121,6 +121,8 @@ export interface RawConnectOptions {
   keepalive?: number;
   username?: string;
   password?: string;
+  /** Bytes sent before the CONNECT in the same write, such as a PROXY protocol header. */
+  preamble?: Buffer | string;
 }
 
 /**
@@ -143,17 +145,16 @@ export async function rawConnect(
     socket.on("data", (data) => parser.parse(data));
     socket.once("close", () => resolve(undefined));
   });
-  socket.write(
-    mqttPacket.generate({
-      cmd: "connect",
-      protocolId: "MQTT",
-      protocolVersion: 4,
-      clean: true,
-      clientId: options.clientId,
-      keepalive: options.keepalive ?? 30,
-      username: options.username,
-      password: options.password === undefined ? undefined : Buffer.from(options.password),
-    }),
-  );
+  const connect = mqttPacket.generate({
+    cmd: "connect",
+    protocolId: "MQTT",
+    protocolVersion: 4,
+    clean: true,
+    clientId: options.clientId,
+    keepalive: options.keepalive ?? 30,
+    username: options.username,
+    password: options.password === undefined ? undefined : Buffer.from(options.password),
+  });
+  socket.write(Buffer.concat([Buffer.from(options.preamble ?? ""), connect]));
   return { code: await code, socket };
 }

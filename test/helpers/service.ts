@@ -66,3 +66,17 @@ export async function spawnUntilReady(
   await ready;
   return { child, output, exited };
 }
+
+/** Resolves once `service` has logged `times` lines containing `text`; fails after `withinMs` with its output. */
+export async function logged(
+  service: ServiceProcess,
+  text: string,
+  withinMs = 10_000,
+  times = 1,
+): Promise<void> {
+  for (let waited = 0; ; waited += 50) {
+    if (service.output.filter((line) => line.includes(text)).length >= times) return;
+    if (waited > withinMs) throw new Error(`never logged "${text}":\n${service.output.join("\n")}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
