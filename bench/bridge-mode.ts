@@ -35,7 +35,7 @@ import { parseTelemetry } from "../bridge/telemetry-message.ts";
 import { createDatabase, dropDatabase } from "../test/helpers/databases.ts";
 import { Stream } from "../test/helpers/device.ts";
 import { type Mosquitto, startMosquitto } from "../test/helpers/mosquitto.ts";
-import { type ServiceProcess, spawnService } from "../test/helpers/service.ts";
+import { logged, type ServiceProcess, spawnService } from "../test/helpers/service.ts";
 import { cpuSeconds } from "./pipeline.ts";
 import { insertValues } from "./writer.ts";
 
@@ -159,19 +159,6 @@ function lastJson(child: ServiceProcess, msg: string): Record<string, unknown> |
   return undefined;
 }
 
-/** Resolves once `child` has printed `count` lines with `msg`. */
-async function logged(child: ServiceProcess, msg: string, count: number): Promise<void> {
-  for (let waited = 0; ; waited += 50) {
-    const lines = child.output.filter((line) => line.includes(`"msg":"${msg}"`)).length;
-    if (lines >= count) return;
-    if (waited > SUBSCRIBE_MS)
-      throw new Error(
-        `no ${count} "${msg}" within ${SUBSCRIBE_MS} ms:\n${child.output.join("\n")}`,
-      );
-    await sleep(50);
-  }
-}
-
 async function terminate(child: ServiceProcess): Promise<void> {
   child.child.kill("SIGTERM");
   await child.exited;
@@ -200,7 +187,7 @@ async function startSubscriber(
     );
     return {
       pid: child.child.pid as number,
-      subscribed: () => logged(child, "subscribed", 1),
+      subscribed: () => logged(child, '"msg":"subscribed"', SUBSCRIBE_MS),
       progress: async () => {
         const line = lastJson(child, "count");
         return {
@@ -225,7 +212,8 @@ async function startSubscriber(
   let firstAtMs: number | undefined;
   return {
     pid: child.child.pid as number,
-    subscribed: () => logged(child, "subscribed to the source broker", connections),
+    subscribed: () =>
+      logged(child, '"msg":"subscribed to the source broker"', SUBSCRIBE_MS, connections),
     progress: async () => {
       const response = await fetch(`${http}/stats`);
       const stats = (await response.json()) as { unique_processed: number };

@@ -237,20 +237,39 @@ function optionalInteger(env: Env, name: string, min: number, max: number): numb
   return integer(env, name, 0, min, max);
 }
 
-function databaseUrl(env: Env): string | undefined {
-  const raw = env.DATABASE_URL;
-  if (raw === undefined || raw.trim() === "") return undefined;
+/**
+ * `raw` as a URL whose scheme is one of `protocols`; the errors name the
+ * variable, show `example`, and say which schemes it takes (`schemes`).
+ */
+function checkedUrl(
+  name: string,
+  raw: string,
+  protocols: readonly string[],
+  schemes: string,
+  example: string,
+): URL {
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
-    throw new ConfigError(
-      `DATABASE_URL must be a URL like postgres://user:password@host:5432/dbname (got "${raw}")`,
-    );
+    throw new ConfigError(`${name} must be a URL like ${example} (got "${raw}")`);
   }
-  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
-    throw new ConfigError(`DATABASE_URL must start with postgres:// (got "${url.protocol}//…")`);
+  if (!protocols.includes(url.protocol)) {
+    throw new ConfigError(`${name} must start with ${schemes} (got "${url.protocol}//…")`);
   }
+  return url;
+}
+
+function databaseUrl(env: Env): string | undefined {
+  const raw = env.DATABASE_URL;
+  if (raw === undefined || raw.trim() === "") return undefined;
+  checkedUrl(
+    "DATABASE_URL",
+    raw,
+    ["postgres:", "postgresql:"],
+    "postgres://",
+    "postgres://user:password@host:5432/dbname",
+  );
   return raw;
 }
 
@@ -299,17 +318,7 @@ function source(env: Env): SourceConfig | undefined {
   const shareGroup = env.SOURCE_SHARE_GROUP?.trim() || undefined;
   const connections = integer(env, "SOURCE_CONNECTIONS", 1, 1, 64);
   if (!raw) return undefined;
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new ConfigError(`SOURCE_URL must be a URL like mqtt://broker:1883 (got "${raw}")`);
-  }
-  if (url.protocol !== "mqtt:" && url.protocol !== "mqtts:") {
-    throw new ConfigError(
-      `SOURCE_URL must start with mqtt:// or mqtts:// (got "${url.protocol}//…")`,
-    );
-  }
+  checkedUrl("SOURCE_URL", raw, ["mqtt:", "mqtts:"], "mqtt:// or mqtts://", "mqtt://broker:1883");
   if (version !== "4" && version !== "5") {
     throw new ConfigError(
       `SOURCE_PROTOCOL_VERSION must be 4 (MQTT 3.1.1) or 5 (got "${env.SOURCE_PROTOCOL_VERSION}")`,
@@ -357,17 +366,7 @@ function workers(env: Env): number {
 function redisUrl(env: Env): string | undefined {
   const raw = env.REDIS_URL?.trim();
   if (!raw) return undefined;
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new ConfigError(`REDIS_URL must be a URL like redis://host:6379 (got "${raw}")`);
-  }
-  if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
-    throw new ConfigError(
-      `REDIS_URL must start with redis:// or rediss:// (got "${url.protocol}//…")`,
-    );
-  }
+  checkedUrl("REDIS_URL", raw, ["redis:", "rediss:"], "redis:// or rediss://", "redis://host:6379");
   return raw;
 }
 

@@ -1,5 +1,6 @@
 import pg from "pg";
 import { BatchWriter, type BatchWriterOptions } from "../../bridge/batch-writer.ts";
+import type { Logger } from "../../bridge/logger.ts";
 import { Partitions } from "../../bridge/partitions.ts";
 import type { TelemetryRow } from "../../bridge/telemetry-message.ts";
 import { silentLogger } from "./test-database.ts";
@@ -11,10 +12,14 @@ export interface TestWriter {
   close(): Promise<void>;
 }
 
-export function openWriter(url: string, options: Partial<BatchWriterOptions> = {}): TestWriter {
+export function openWriter(
+  url: string,
+  options: Partial<BatchWriterOptions> = {},
+  logger: Logger = silentLogger,
+): TestWriter {
   const pool = new pg.Pool({ connectionString: url, max: 4 });
   pool.on("error", () => {});
-  const partitions = new Partitions(pool, { daysAhead: 3, retentionDays: undefined }, silentLogger);
+  const partitions = new Partitions(pool, { daysAhead: 3, retentionDays: undefined }, logger);
   const writer = new BatchWriter(
     pool,
     partitions,
@@ -27,7 +32,7 @@ export function openWriter(url: string, options: Partial<BatchWriterOptions> = {
       maxPayloadBytes: 64 * 1024,
       ...options,
     },
-    silentLogger,
+    logger,
   );
   return {
     writer,

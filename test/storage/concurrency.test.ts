@@ -2,12 +2,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
-import { BatchWriter, type WriteOutcome } from "../../bridge/batch-writer.ts";
+import type { BatchWriter, WriteOutcome } from "../../bridge/batch-writer.ts";
 import { migrate, readMigrations } from "../../bridge/migrate.ts";
 import { dayOf, Partitions, partitionName } from "../../bridge/partitions.ts";
 import type { TelemetryRow } from "../../bridge/telemetry-message.ts";
 import { createTestDatabase, silentLogger } from "../helpers/test-database.ts";
-import { count, row } from "../helpers/writer.ts";
+import { count, openWriter, row, type TestWriter } from "../helpers/writer.ts";
 
 // Several service processes on one database are several pools, each with
 // its own writer, partitions and migrations run: so are these tests.
@@ -20,30 +20,9 @@ afterAll(() => pool.end());
 await pool.query(`ALTER DATABASE ${db.name} SET deadlock_timeout = '100ms'`);
 
 /** A writer on a pool of its own, as another process has; it logs into `lines`. */
-function processWriter(lines: string[]) {
-  const own = new pg.Pool({ connectionString: db.url, max: 4 });
+function processWriter(lines: string[]): TestWriter {
   const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(line) });
-  const partitions = new Partitions(own, { daysAhead: 3, retentionDays: undefined }, logger);
-  const writer = new BatchWriter(
-    own,
-    partitions,
-    {
-      batchMaxRows: 5000,
-      batchMaxWaitMs: 5,
-      queueMaxRows: 10_000,
-      concurrency: 2,
-      dedupWindowKeys: 100_000,
-      maxPayloadBytes: 64 * 1024,
-    },
-    logger,
-  );
-  return {
-    writer,
-    close: async () => {
-      await writer.close();
-      await own.end();
-    },
-  };
+  return openWriter(db.url, { batchMaxRows: 5000, queueMaxRows: 10_000 }, logger);
 }
 
 /** Other backends report their statistics within a second of going idle or on exit. */
