@@ -32,7 +32,7 @@ type Stats = Record<string, unknown>;
 const LARGEST = new Set(["p50", "p99", "uptime_seconds", "last_batch_size"]);
 
 /** Every worker's /stats as one: counts added up, latencies and uptime the largest. */
-export function combineStats(parts: readonly Stats[]): Stats {
+function combineStats(parts: readonly Stats[]): Stats {
   const combined: Stats = {};
   for (const part of parts) {
     for (const [key, value] of Object.entries(part)) {

@@ -4,8 +4,6 @@ import { redactUrl } from "./database.ts";
 import type { Logger } from "./logger.ts";
 import { type SourceIngest, SourceSession } from "./source-session.ts";
 
-export type { SourceIngest } from "./source-session.ts";
-
 export interface Source {
   /**
    * Stops reading, lets what was received be committed and acknowledged,
@@ -19,7 +17,7 @@ export interface Source {
  * Mosquitto's count of messages it dropped since it started, over all
  * clients: past `max_queued_messages` for a slow or absent subscriber.
  */
-export const DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped";
+const DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped";
 
 /**
  * Subscribes to `filters` on an external broker at QoS 1, in persistent
