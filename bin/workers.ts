@@ -3,7 +3,7 @@ import client from "prom-client";
 import type { Config } from "../bridge/config.ts";
 import { openDatabase } from "../bridge/database.ts";
 import type { Logger } from "../bridge/logger.ts";
-import type { Metrics, Reports } from "../bridge/metrics.ts";
+import { byWorker, type Metrics, type MetricsJson, type Reports } from "../bridge/metrics.ts";
 import { migrate } from "../bridge/migrate.ts";
 import type { Listening } from "./announce.ts";
 
@@ -12,19 +12,18 @@ const RESTART_MS = 1000;
 /** How long the primary waits for every worker's figures. */
 const COLLECT_TIMEOUT_MS = 2000;
 
+type ReportKind = "stats" | "metrics" | "worker-metrics";
+
 /** Messages between the primary and its workers. */
 type WorkerMessage =
   | { type: "ready"; listening: Listening }
-  | { type: "report-request"; id: number; kind: "stats" | "metrics" }
+  | { type: "report-request"; id: number; kind: ReportKind }
   | { type: "report-collect"; id: number }
-  | {
-      type: "report-part";
-      id: number;
-      pid: number;
-      stats: Stats;
-      metrics: client.MetricObjectWithValues<client.MetricValue<string>>[];
-    }
+  | { type: "report-part"; id: number; pid: number; stats: Stats; metrics: MetricsJson }
   | { type: "report-result"; id: number; body: unknown };
+
+/** A worker's figures, with the number it was started as (kept across its restarts). */
+type Part = Extract<WorkerMessage, { type: "report-part" }> & { worker: number };
 
 type Stats = Record<string, unknown>;
 
@@ -71,7 +70,7 @@ export async function startWorkers(
   const database = await openDatabase(config, logger);
   let stopping = false;
   const workers = new Map<number, Worker>();
-  const collections = new Map<number, { parts: WorkerMessage[]; done: () => void }>();
+  const collections = new Map<number, { parts: Part[]; done: () => void }>();
   let nextId = 0;
 
   const fork = (index: number): Worker => {
@@ -80,7 +79,7 @@ export async function startWorkers(
       ...(config.source ? { SOURCE_CLIENT_ID: `${config.source.clientId}-w${index}` } : {}),
     });
     workers.set(index, worker);
-    worker.on("message", (message: WorkerMessage) => void answer(worker, message));
+    worker.on("message", (message: WorkerMessage) => void answer(index, worker, message));
     worker.on("exit", (code, signal) => {
       workers.delete(index);
       if (stopping) return;
@@ -92,10 +91,10 @@ export async function startWorkers(
     return worker;
   };
 
-  /** Asks every worker for its figures; resolves with what arrived in time. */
-  const collect = async (): Promise<Extract<WorkerMessage, { type: "report-part" }>[]> => {
+  /** Asks every worker for its figures; resolves with what arrived in time, by worker number. */
+  const collect = async (): Promise<Part[]> => {
     const id = nextId++;
-    const parts: WorkerMessage[] = [];
+    const parts: Part[] = [];
     const expected = workers.size;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, COLLECT_TIMEOUT_MS);
@@ -110,25 +109,33 @@ export async function startWorkers(
       for (const worker of workers.values()) worker.send({ type: "report-collect", id });
     });
     collections.delete(id);
-    return parts.filter((part) => part.type === "report-part");
+    return parts.sort((a, b) => a.worker - b.worker);
   };
 
-  const answer = async (worker: Worker, message: WorkerMessage) => {
+  const report = async (kind: ReportKind): Promise<unknown> => {
+    const parts = await collect();
+    switch (kind) {
+      case "stats":
+        return {
+          ...combineStats(parts.map((part) => part.stats)),
+          workers: parts.map((part) => ({ worker: part.worker, pid: part.pid, ...part.stats })),
+        };
+      case "metrics":
+        return client.AggregatorRegistry.aggregate(parts.map((part) => part.metrics)).metrics();
+      case "worker-metrics":
+        return byWorker(parts);
+    }
+  };
+
+  const answer = async (index: number, worker: Worker, message: WorkerMessage) => {
     if (message.type === "report-part") {
       const collection = collections.get(message.id);
-      collection?.parts.push(message);
+      collection?.parts.push({ ...message, worker: index });
       collection?.done();
       return;
     }
     if (message.type !== "report-request") return;
-    const parts = await collect();
-    const body =
-      message.kind === "stats"
-        ? {
-            ...combineStats(parts.map((part) => part.stats)),
-            workers: parts.map((part) => ({ pid: part.pid, ...part.stats })),
-          }
-        : await client.AggregatorRegistry.aggregate(parts.map((part) => part.metrics)).metrics();
+    const body = await report(message.kind);
     if (worker.isConnected()) worker.send({ type: "report-result", id: message.id, body });
   };
 
@@ -195,7 +202,7 @@ export function workerReports(local: Metrics): Reports {
       pending.delete(message.id);
     }
   });
-  const ask = (kind: "stats" | "metrics") =>
+  const ask = (kind: ReportKind) =>
     new Promise<unknown>((resolve) => {
       const id = nextId++;
       pending.set(id, resolve);
@@ -205,6 +212,7 @@ export function workerReports(local: Metrics): Reports {
     contentType: local.registry.contentType,
     stats: () => ask("stats"),
     metrics: async () => String(await ask("metrics")),
+    workerMetrics: async () => String(await ask("worker-metrics")),
   };
 }
 

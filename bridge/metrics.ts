@@ -17,20 +17,51 @@ export interface MetricsSources {
   connectedClients(): number;
 }
 
-/** What `/stats` and `/metrics` answer: this process's figures, or every worker's. */
+/**
+ * What `/stats`, `/metrics` and `/metrics/workers` answer: this process's
+ * figures, or every worker's.
+ */
 export interface Reports {
   readonly contentType: string;
   stats(): Promise<unknown>;
+  /** Every series, summed over the workers. */
   metrics(): Promise<string>;
+  /** Every worker's series apart, each labelled with its worker's number. */
+  workerMetrics(): Promise<string>;
 }
 
-/** This process's figures alone. */
+/** A registry's series as prom-client exports them for aggregation. */
+export type MetricsJson = client.MetricObjectWithValues<client.MetricValue<string>>[];
+
+/** This process's figures alone: its series are worker 1's. */
 export function localReports(metrics: Metrics): Reports {
   return {
     contentType: metrics.registry.contentType,
     stats: async () => metrics.stats(),
     metrics: () => metrics.registry.metrics(),
+    workerMetrics: async () =>
+      byWorker([{ worker: 1, metrics: await metrics.registry.getMetricsAsJSON() }]),
   };
+}
+
+/**
+ * One exposition of several workers' series, each series labelled
+ * `worker`: `sum without (worker)` gives what `/metrics` answers.
+ */
+export function byWorker(parts: { worker: number; metrics: MetricsJson }[]): Promise<string> {
+  return client.AggregatorRegistry.aggregate(
+    parts.map(({ worker, metrics }) =>
+      metrics.map((metric) => ({
+        ...metric,
+        // Each value is alone under its labels: the first is itself.
+        aggregator: "first" as const,
+        values: metric.values.map((value) => ({
+          ...value,
+          labels: { ...value.labels, worker: String(worker) },
+        })),
+      })),
+    ),
+  ).metrics();
 }
 
 /**
@@ -186,6 +217,8 @@ export class Metrics {
       name: "telemetry_bridge_partitions",
       help: "Daily partitions of the telemetry table.",
       registers,
+      // Every worker counts the same table.
+      aggregator: "max",
       async collect() {
         this.set((await sources.partitions.list()).length);
       },

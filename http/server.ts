@@ -232,6 +232,11 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     return reports.metrics();
   });
 
+  app.get("/metrics/workers", async (_request, reply) => {
+    reply.header("Content-Type", reports.contentType);
+    return reports.workerMetrics();
+  });
+
   try {
     await app.listen({ port, host: deps.host });
   } catch (error) {

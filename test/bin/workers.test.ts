@@ -18,7 +18,7 @@ afterAll(async () => {
 interface Stats {
   received: number;
   unique_processed: number;
-  workers: { pid: number; received: number }[];
+  workers: { worker: number; pid: number; received: number }[];
 }
 
 const alive = (pid: number) => {
@@ -82,8 +82,23 @@ describe("WORKERS=2", () => {
     expect(first?.received).toBeGreaterThan(0);
     expect(second?.received).toBeGreaterThan(0);
     expect((first?.received ?? 0) + (second?.received ?? 0)).toBe(500);
+    expect(summed.workers.map((worker) => worker.worker)).toEqual([1, 2]);
     const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
     expect(metrics).toMatch(/^telemetry_bridge_received_total 500$/m);
+    const byWorker = await (await fetch(`http://127.0.0.1:${httpPort}/metrics/workers`)).text();
+    for (const worker of summed.workers) {
+      expect(byWorker).toContain(
+        `telemetry_bridge_received_total{worker="${worker.worker}"} ${worker.received}`,
+      );
+    }
+    // A figure of the shared table, not of a worker: not added up.
+    const partitions = (text: string) =>
+      [...text.matchAll(/^telemetry_bridge_partitions(?:\{worker="\d"\})? (\d+)$/gm)].map((match) =>
+        Number(match[1]),
+      );
+    const [each] = partitions(byWorker);
+    expect(partitions(byWorker)).toEqual([each, each]);
+    expect(partitions(metrics)).toEqual([each]);
 
     // One PostgreSQL, the primary's, with every row once.
     const pidFile = path.join(dataDir, "pg", "postmaster.pid");

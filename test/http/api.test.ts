@@ -272,6 +272,14 @@ describe("GET /stats, /health and /metrics", () => {
     // Every message that reached a batch: the two redeliveries were answered from memory.
     expect(metrics.text).toMatch(/telemetry_bridge_publish_to_commit_seconds_count 24/);
     expect(metrics.text).toMatch(/telemetry_bridge_partitions \d+/);
+
+    // One process is worker 1.
+    const byWorker = await get("/metrics/workers");
+    expect(byWorker.status).toBe(200);
+    expect(byWorker.text).toContain('telemetry_bridge_received_total{worker="1"} 26');
+    expect(byWorker.text).toContain(
+      'telemetry_bridge_duplicates_total{source="window",worker="1"} 2',
+    );
   });
 });
 

@@ -125,6 +125,7 @@ describe("the HTTP API with authentication", () => {
   it("keeps /health and /metrics open", async () => {
     expect((await curl("/health")).status).toBe(200);
     expect((await curl("/metrics")).status).toBe(200);
+    expect((await curl("/metrics/workers")).status).toBe(200);
   });
 
   it("refuses a disabled identity at once", async () => {
