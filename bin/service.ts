@@ -153,7 +153,7 @@ export async function startService(
           {
             host: config.mqttHost,
             port: config.mqttPort,
-            proxyProtocol: config.mqttProxyProtocol,
+            proxyProtocol: config.mqttProxyProtocol ? config.trustedProxies : undefined,
             tls:
               config.tlsCertFile && config.tlsKeyFile
                 ? {
@@ -200,6 +200,7 @@ export async function startService(
       authenticator,
       anonymous,
       host: config.httpHost,
+      trustedProxies: config.trustedProxies,
       bodyLimit: config.httpBodyLimitBytes,
       timeoutMs: config.ingestTimeoutMs,
       logger,

@@ -3,6 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import cron from "node-cron";
 import { validateFilter } from "../broker/topic-filter.ts";
+import { TrustedProxies } from "../broker/trusted-proxies.ts";
 import { MappingError, Mappings } from "./mappings.ts";
 
 /**
@@ -73,8 +74,14 @@ export interface Config {
   /**
    * MQTT over TCP arrives through a load balancer that sends the PROXY
    * protocol header (v1 or v2) first: the device's address is read from it.
+   * Needs `trustedProxies`.
    */
   mqttProxyProtocol: boolean;
+  /**
+   * The load balancers allowed to name a client's address: in a PROXY
+   * protocol header, and in an HTTP request's X-Forwarded-For. Empty: none.
+   */
+  trustedProxies: TrustedProxies;
   /** Use this PostgreSQL server; unset starts the embedded one. */
   databaseUrl: string | undefined;
   /** Where the embedded PostgreSQL keeps its cluster. */
@@ -131,6 +138,7 @@ export const defaults = {
   workers: 1,
   redisUrl: undefined,
   mqttProxyProtocol: false,
+  trustedProxies: new TrustedProxies([]),
   databaseUrl: undefined,
   dataDir: ".data",
   pgPort: 54329,
@@ -180,6 +188,7 @@ export const CONFIG_VARIABLES = [
   "WORKERS",
   "REDIS_URL",
   "MQTT_PROXY_PROTOCOL",
+  "TRUSTED_PROXIES",
   "DATABASE_URL",
   "DATA_DIR",
   "PG_PORT",
@@ -370,6 +379,29 @@ function redisUrl(env: Env): string | undefined {
   return raw;
 }
 
+function trustedProxies(env: Env): TrustedProxies {
+  const raw = env.TRUSTED_PROXIES?.trim();
+  if (!raw) return defaults.trustedProxies;
+  try {
+    return new TrustedProxies(raw.split(",").map((entry) => entry.trim()));
+  } catch (error) {
+    throw new ConfigError(
+      `TRUSTED_PROXIES must be comma-separated IP addresses or CIDR ranges such as 10.0.0.5 or 172.18.0.0/16: ${(error as Error).message}`,
+    );
+  }
+}
+
+/** MQTT_PROXY_PROTOCOL: on only with the proxies whose headers are believed. */
+function proxyProtocol(env: Env, trusted: TrustedProxies): boolean {
+  const on = onOff(env, "MQTT_PROXY_PROTOCOL", defaults.mqttProxyProtocol);
+  if (on && trusted.empty) {
+    throw new ConfigError(
+      "MQTT_PROXY_PROTOCOL=on needs TRUSTED_PROXIES: the addresses of the load balancers allowed to name a device's address (such as 10.0.0.5 or 172.18.0.0/16); anyone else could claim any address",
+    );
+  }
+  return on;
+}
+
 function onOff(env: Env, name: string, fallback: boolean): boolean {
   const raw = env[name]?.trim().toLowerCase();
   if (!raw) return fallback;
@@ -448,6 +480,7 @@ export function loadConfig(env: Env = process.env): Config {
   }
   const sourceConfig = source(env);
   const workerCount = workers(env);
+  const proxies = trustedProxies(env);
   if (workerCount > 1 && sourceConfig && sourceConfig.shareGroup === undefined) {
     throw new ConfigError(
       "WORKERS above 1 with SOURCE_URL needs SOURCE_SHARE_GROUP: each worker subscribes under its own client id, and without a share group every worker would receive every message",
@@ -512,7 +545,8 @@ export function loadConfig(env: Env = process.env): Config {
     ingestTimeoutMs: integer(env, "INGEST_TIMEOUT_MS", defaults.ingestTimeoutMs, 100, 3_600_000),
     workers: workerCount,
     redisUrl: redisUrl(env),
-    mqttProxyProtocol: onOff(env, "MQTT_PROXY_PROTOCOL", defaults.mqttProxyProtocol),
+    mqttProxyProtocol: proxyProtocol(env, proxies),
+    trustedProxies: proxies,
     databaseUrl: databaseUrl(env),
     dataDir: path.resolve(env.DATA_DIR?.trim() || defaults.dataDir),
     pgPort: integer(env, "PG_PORT", defaults.pgPort, 1, 65535),

@@ -155,7 +155,7 @@ export class Metrics {
     );
     countedBy(
       "telemetry_bridge_connections_refused_total",
-      "MQTT connections closed at the door, by the limit they were over.",
+      "MQTT connections closed at the door, by the limit they were over, or as untrusted_proxy: not from TRUSTED_PROXIES while MQTT_PROXY_PROTOCOL=on.",
       "reason",
       () => sources.mqtt?.gate.refused ?? {},
     );

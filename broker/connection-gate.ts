@@ -7,7 +7,11 @@ export interface ConnectionLimits {
   ratePerAddress: number;
 }
 
-export type Refusal = "connections" | "address_connections" | "address_rate";
+/**
+ * Why a connection was closed at the door: over a limit, or (behind a load
+ * balancer) from a peer that is not one.
+ */
+export type Refusal = "connections" | "address_connections" | "address_rate" | "untrusted_proxy";
 
 const BURST_SECONDS = 10;
 /** Addresses whose bucket is full again are forgotten once this many are tracked. */
@@ -23,6 +27,7 @@ export class ConnectionGate {
     connections: 0,
     address_connections: 0,
     address_rate: 0,
+    untrusted_proxy: 0,
   };
   private open = 0;
   private readonly byAddress = new Map<string, number>();

@@ -10,6 +10,7 @@ import type { Logger } from "../bridge/logger.ts";
 import { ConnectionGate, type ConnectionLimits } from "./connection-gate.ts";
 import { PacketGuard } from "./packet-guard.ts";
 import { type ProxyAddress, readProxyHeader } from "./proxy-protocol.ts";
+import type { TrustedProxies } from "./trusted-proxies.ts";
 
 export interface MqttServerOptions {
   /** Address every listener binds to. */
@@ -17,11 +18,12 @@ export interface MqttServerOptions {
   /** MQTT over TCP; 0 picks a free port. */
   port: number;
   /**
-   * The TCP listener is behind a load balancer that starts each connection
-   * with a PROXY protocol header (v1 or v2): the client's address is read
-   * from it, and a connection without one is closed.
+   * The TCP listener is behind these load balancers, which start each
+   * connection with a PROXY protocol header (v1 or v2): the client's
+   * address is read from it. A connection without one, or from any other
+   * peer, is closed.
    */
-  proxyProtocol?: boolean;
+  proxyProtocol?: TrustedProxies;
   /** MQTT over TLS on its own port; also turns the WebSocket listener into WSS. */
   tls?: TlsListenerOptions;
   /** MQTT over WebSockets on path /mqtt; unset, no WebSocket listener. */
@@ -171,7 +173,16 @@ export async function startMqttServer(
    * before anything else and names the client, by whose address it is then
    * admitted. Until the header is read it holds a place in the total only.
    */
-  const admitProxied = (socket: net.Socket) => {
+  const admitProxied = (socket: net.Socket, proxies: TrustedProxies) => {
+    if (!proxies.has(socket.remoteAddress)) {
+      gate.refused.untrusted_proxy++;
+      logger.warn(
+        { remote: socket.remoteAddress, trusted: proxies.entries },
+        "connection refused: not from TRUSTED_PROXIES (MQTT_PROXY_PROTOCOL=on)",
+      );
+      socket.destroy();
+      return;
+    }
     if (gate.hold()) {
       logger.warn(
         { remote: socket.remoteAddress, refusal: "connections", connections: gate.connections },
@@ -214,10 +225,10 @@ export async function startMqttServer(
 
   // A PUBACK goes out as soon as its batch commits, not after the client's
   // delayed ACK of the previous segment (Nagle's algorithm).
-  const tcp = net.createServer(
-    { noDelay: true },
-    options.proxyProtocol ? admitProxied : (socket) => admit(socket, socket),
-  );
+  const tcp = net.createServer({ noDelay: true }, (socket) => {
+    if (options.proxyProtocol) admitProxied(socket, options.proxyProtocol);
+    else admit(socket, socket);
+  });
   let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
   try {
     ports = { port: await start(tcp, options.port, "MQTT_PORT") };

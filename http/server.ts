@@ -8,6 +8,7 @@ import { parseTimestamp } from "../bridge/telemetry-message.ts";
 import { compileAcl } from "../broker/auth/acl.ts";
 import type { Authenticator } from "../broker/auth/authenticator.ts";
 import type { MqttServer } from "../broker/mqtt-server.ts";
+import type { TrustedProxies } from "../broker/trusted-proxies.ts";
 import { AccessError, identify, requireRole } from "./auth.ts";
 import { isObject, publishEvents } from "./publish.ts";
 import { parseJsonBody, RequestError } from "./request-body.ts";
@@ -27,6 +28,8 @@ export interface HttpDependencies {
   /** Requests without credentials are served (a loopback-only or deliberately open service). */
   anonymous: boolean;
   host: string;
+  /** Peers whose X-Forwarded-For names the client (for the failed-login throttle). */
+  trustedProxies: TrustedProxies;
   bodyLimit: number;
   /** Longest a request waits for its commit before it gets 503 (its events are still committed). */
   timeoutMs: number;
@@ -55,6 +58,9 @@ export async function startHttpServer(port: number, deps: HttpDependencies): Pro
     // A line per request would drown the ingest logs; failures are logged by the handler below.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.bodyLimit,
+    // request.ip: the address X-Forwarded-For names, read from the right
+    // past every trusted proxy; a header from anyone else is ignored.
+    trustProxy: (address) => deps.trustedProxies.has(address),
   });
   // Only JSON, read by our own parser: any other Content-Type is a 415.
   app.removeAllContentTypeParsers();

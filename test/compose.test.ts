@@ -7,6 +7,7 @@ import YAML from "yaml";
 import { anonymousAllowed } from "../bin/service.ts";
 import { CONFIG_VARIABLES, defaults, loadConfig } from "../bridge/config.ts";
 import { MIGRATIONS_DIR } from "../bridge/migrate.ts";
+import { TrustedProxies } from "../broker/trusted-proxies.ts";
 import { parseOptions } from "../device-sim/options.ts";
 import { BUILT_FOLDERS, OUT_DIR, sourceOf } from "./helpers/build.ts";
 import { argsOf, execForm, healthcheck, readDockerfile, type Stage } from "./helpers/dockerfile.ts";
@@ -24,10 +25,12 @@ interface Service {
   command?: string[];
   ports?: string[];
   depends_on?: string[] | Record<string, unknown>;
+  networks?: string[] | Record<string, { ipv4_address?: string } | null>;
 }
 
 const compose = YAML.parse(await fs.readFile("docker-compose.yml", "utf8")) as {
   services: Record<string, Service>;
+  networks?: Record<string, { ipam?: { config?: { subnet?: string }[] } } | null>;
 };
 const services = compose.services;
 
@@ -263,6 +266,20 @@ describe("the cluster profile: nodes behind HAProxy", async () => {
       // Reachable through HAProxy only: a device connecting directly could name any address.
       expect(service.ports, name).toBeUndefined();
       expect(Object.keys(service.depends_on ?? {}), name).toEqual(["postgres", redis.hostname]);
+    }
+  });
+
+  it("has the nodes believe client addresses from HAProxy's fixed address alone", () => {
+    const [network = "", attachment] = Object.entries(services.haproxy?.networks ?? {})[0] ?? [];
+    const address = attachment?.ipv4_address ?? "";
+    const subnet = compose.networks?.[network]?.ipam?.config?.[0]?.subnet ?? "";
+    expect(new TrustedProxies([subnet]).has(address), `${address} in ${subnet}`).toBe(true);
+    const neighbour = address.replace(/\d+$/, (last: string) => String(Number(last) + 1));
+    for (const [name, service] of nodes) {
+      expect(service.networks, name).toContain(network);
+      const config = nodeConfigs.get(name);
+      expect(config?.trustedProxies.has(address), name).toBe(true);
+      expect(config?.trustedProxies.has(neighbour), name).toBe(false);
     }
   });
 

@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { CONFIG_VARIABLES, ConfigError, defaults, loadConfig } from "../../bridge/config.ts";
 import { Mappings } from "../../bridge/mappings.ts";
+import { TrustedProxies } from "../../broker/trusted-proxies.ts";
 
 describe("loadConfig", () => {
   it("uses the defaults when nothing is set", () => {
@@ -58,6 +59,7 @@ describe("loadConfig", () => {
       WORKERS: "3",
       REDIS_URL: "redis://cache:6379/2",
       MQTT_PROXY_PROTOCOL: "on",
+      TRUSTED_PROXIES: "10.0.0.5, fd00::/8",
       DATABASE_URL: "postgres://u:p@db:5432/x",
       DATA_DIR: "/var/lib/tb",
       PG_PORT: "6000",
@@ -107,6 +109,7 @@ describe("loadConfig", () => {
       workers: 3,
       redisUrl: "redis://cache:6379/2",
       mqttProxyProtocol: true,
+      trustedProxies: expect.any(TrustedProxies),
       databaseUrl: "postgres://u:p@db:5432/x",
       dataDir: "/var/lib/tb",
       pgPort: 6000,
@@ -121,6 +124,19 @@ describe("loadConfig", () => {
       retentionDays: 30,
       partitionSchedule: "0 * * * *",
     });
+  });
+
+  it("trusts the proxies of TRUSTED_PROXIES alone, by address or range, IPv4 also in its IPv6-mapped form", () => {
+    const proxies = loadConfig({
+      TRUSTED_PROXIES: "10.0.0.5, 172.18.0.0/16,fd00::/8",
+    }).trustedProxies;
+    for (const address of ["10.0.0.5", "::ffff:10.0.0.5", "172.18.3.4", "fd12::1"]) {
+      expect(proxies.has(address), address).toBe(true);
+    }
+    for (const address of ["10.0.0.6", "172.19.0.1", "fe80::1", "", undefined, "localhost"]) {
+      expect(proxies.has(address), String(address)).toBe(false);
+    }
+    expect(loadConfig({}).trustedProxies.has("127.0.0.1")).toBe(false);
   });
 
   it("runs a worker per core with WORKERS=auto", () => {
@@ -155,6 +171,11 @@ describe("loadConfig", () => {
         /^SOURCE_CONNECTIONS must be an integer from 1 to 64/,
       ],
       [{ RETENTION_DAYS: "0" }, /^RETENTION_DAYS /],
+      [{ MQTT_PROXY_PROTOCOL: "on" }, /^MQTT_PROXY_PROTOCOL=on needs TRUSTED_PROXIES: /],
+      [{ TRUSTED_PROXIES: "haproxy" }, /^TRUSTED_PROXIES must be .*: "haproxy" is not an IP/],
+      [{ TRUSTED_PROXIES: "10.0.0.0/33" }, /"10.0.0.0\/33" is not/],
+      [{ TRUSTED_PROXIES: "10.0.0.0/8/1" }, /"10.0.0.0\/8\/1" is not/],
+      [{ TRUSTED_PROXIES: "::1/x" }, /"::1\/x" is not/],
       [{ DATABASE_URL: "mysql://x" }, /^DATABASE_URL must start with postgres:\/\//],
       [{ DATABASE_URL: "localhost" }, /^DATABASE_URL must be a URL/],
       [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],

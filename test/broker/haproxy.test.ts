@@ -2,11 +2,13 @@ import { setTimeout as sleep } from "node:timers/promises";
 import mqtt from "mqtt";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
+import { IdentityStore } from "../../storage/identities.ts";
 import { rawConnect, Stream } from "../helpers/device.ts";
 import { freePort } from "../helpers/free-port.ts";
 import { type Haproxy, startHaproxy } from "../helpers/haproxy.ts";
 import { installed } from "../helpers/installed.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { runCommand } from "../helpers/run-command.ts";
+import { logged, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("haproxy");
@@ -76,6 +78,7 @@ describe.skipIf(!installed("haproxy", "the HAProxy test"))(
             MQTT_PORT: String(port.mqtt),
             HTTP_PORT: String(port.http),
             MQTT_PROXY_PROTOCOL: "on",
+            TRUSTED_PROXIES: PROXY_SOURCE,
             BATCH_MAX_WAIT_MS: "5",
             // Every device and the tap fit on one node, from one address, and no more.
             MQTT_MAX_CONNECTIONS_PER_ADDRESS: String(DEVICES + 1),
@@ -196,5 +199,78 @@ describe.skipIf(!installed("haproxy", "the HAProxy test"))(
       );
       expect(rows[0]).toEqual({ copies: DEVICES * MESSAGES, events: DEVICES * MESSAGES });
     }, 90_000);
+
+    it("counts failed HTTP logins by the address HAProxy forwards, and lets no other peer name an address", async () => {
+      const ports = { 1883: await freePort(), 8080: await freePort() };
+      const node = await spawnService({
+        DATABASE_URL: db.url,
+        MQTT_PORT: String(ports[1883]),
+        HTTP_PORT: String(ports[8080]),
+        MQTT_PROXY_PROTOCOL: "on",
+        TRUSTED_PROXIES: PROXY_SOURCE,
+      });
+      running.push(node);
+      await haproxy?.stop();
+      const proxy = await startHaproxy([{ name: "node-1", ports }], PROXY_SOURCE);
+      haproxy = proxy;
+      await until(
+        async () => Object.values(await proxy.servers()).every((server) => server.status === "UP"),
+        "HAProxy's health checks find the node up",
+      );
+      const secrets = await new IdentityStore(pool).add(
+        ["guessed-1", "guessed-2", "reader-1", "reader-2"],
+        "reader",
+      );
+      /** GET /stats with Basic credentials from `from`: the status code. */
+      const stats = async (
+        from: string,
+        id: string,
+        secret: string,
+        options: { direct?: boolean; forwardedFor?: string } = {},
+      ) => {
+        const port = options.direct ? ports[8080] : proxy.ports[8080];
+        const { stdout } = await runCommand("curl", [
+          ...["-s", "-o", "/dev/null", "-w", "%{http_code}", "--interface", from],
+          ...["-u", `${id}:${secret}`],
+          ...(options.forwardedFor ? ["-H", `X-Forwarded-For: ${options.forwardedFor}`] : []),
+          `http://127.0.0.1:${port}/stats`,
+        ]);
+        return stdout;
+      };
+      const secretOf = (id: string) => secrets.get(id) as string;
+
+      // A guesser behind HAProxy is refused from its own address…
+      for (let n = 0; n < 10; n++)
+        expect(await stats("127.0.0.2", "guessed-1", `guess-${n}`)).toBe("401");
+      expect(await stats("127.0.0.2", "reader-1", secretOf("reader-1"))).toBe("429");
+      // …while the other clients of the same proxy are not.
+      expect(await stats("127.0.0.3", "reader-1", secretOf("reader-1"))).toBe("200");
+
+      // Going around HAProxy, X-Forwarded-For names no address: every guess counts against the peer's.
+      for (let n = 0; n < 10; n++) {
+        const spoofed = { direct: true, forwardedFor: `198.51.100.${n}` };
+        expect(await stats("127.0.0.4", "guessed-2", `guess-${n}`, spoofed)).toBe("401");
+      }
+      const fresh = { direct: true, forwardedFor: "198.51.100.99" };
+      expect(await stats("127.0.0.4", "reader-2", secretOf("reader-2"), fresh)).toBe("429");
+
+      // A PROXY header sent straight to the node is refused; through HAProxy, a device connects.
+      const spoofer = await rawConnect({
+        port: ports[1883],
+        localAddress: "127.0.0.4",
+        preamble: "PROXY TCP4 198.51.100.5 127.0.0.1 40000 1883\r\n",
+        clientId: "haproxy-spoofer",
+      });
+      spoofer.socket.destroy();
+      expect(spoofer.code).toBeUndefined();
+      await logged(node, "connection refused: not from TRUSTED_PROXIES");
+      const device = await rawConnect({
+        port: proxy.ports[1883] ?? 0,
+        localAddress: "127.0.0.4",
+        clientId: "haproxy-device",
+      });
+      device.socket.destroy();
+      expect(device.code).toBe(0);
+    });
   },
 );

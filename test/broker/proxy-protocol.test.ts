@@ -14,6 +14,7 @@ import {
   V1_MAX_BYTES,
   V2_MAX_PAYLOAD_BYTES,
 } from "../../broker/proxy-protocol.ts";
+import { TrustedProxies } from "../../broker/trusted-proxies.ts";
 import { rawConnect } from "../helpers/device.ts";
 import { silentLogger } from "../helpers/test-database.ts";
 
@@ -401,7 +402,13 @@ describe("the MQTT listener with proxyProtocol", () => {
       callback(null, true);
     };
     server = await startMqttServer(
-      { host: "127.0.0.1", port: 0, proxyProtocol: true, limits },
+      {
+        host: "127.0.0.1",
+        port: 0,
+        // The load balancers: 127.0.0.1, and 127.0.0.2 and .3 standing for two more.
+        proxyProtocol: new TrustedProxies(["127.0.0.1", "127.0.0.2/31"]),
+        limits,
+      },
       { authenticate },
       silentLogger,
     );
@@ -463,6 +470,19 @@ describe("the MQTT listener with proxyProtocol", () => {
     });
     device.end(true);
     expect(outcome).toBe("closed");
+  });
+
+  it("closes a connection from a peer outside the trusted proxies, however good its header", async () => {
+    const before = server.gate.refused.untrusted_proxy;
+    const header = v1("198.51.100.66");
+    expect(
+      keep(await connectWith(server.port, header, "around-proxy", "127.0.0.9")),
+    ).toBeUndefined();
+    expect(seen.has("around-proxy")).toBe(false);
+    expect(server.gate.refused.untrusted_proxy).toBe(before + 1);
+    // The same header through a trusted proxy is taken.
+    expect(keep(await connectWith(server.port, header, "through-proxy", "127.0.0.2"))).toBe(0);
+    expect(seen.get("through-proxy")?.address).toBe("198.51.100.66");
   });
 
   it("closes a connection that sends no header within the connect timeout", async () => {

@@ -1,0 +1,39 @@
+import net from "node:net";
+
+/**
+ * The load balancers allowed to name a client's address (TRUSTED_PROXIES):
+ * IPv4 and IPv6 addresses and CIDR ranges. An IPv4 entry also matches the
+ * IPv4-mapped IPv6 form a dual-stack socket reports (`::ffff:10.0.0.5`).
+ */
+export class TrustedProxies {
+  private readonly list = new net.BlockList();
+
+  /** Throws a TypeError naming the first entry that is neither an address nor a CIDR range. */
+  constructor(readonly entries: readonly string[]) {
+    for (const entry of entries) {
+      const [address = "", prefix, ...rest] = entry.split("/");
+      const family = net.isIP(address);
+      const bits = family === 4 ? 32 : 128;
+      const length = prefix === undefined ? bits : Number(prefix);
+      if (
+        family === 0 ||
+        rest.length > 0 ||
+        (prefix !== undefined && !/^\d{1,3}$/.test(prefix)) ||
+        length > bits
+      ) {
+        throw new TypeError(`"${entry}" is not an IP address or a CIDR range`);
+      }
+      this.list.addSubnet(address, length, family === 4 ? "ipv4" : "ipv6");
+    }
+  }
+
+  get empty(): boolean {
+    return this.entries.length === 0;
+  }
+
+  /** True when `address`, a peer's as Node reports it, is one of the entries. */
+  has(address: string | undefined): boolean {
+    const family = net.isIP(address ?? "");
+    return family !== 0 && this.list.check(address as string, family === 4 ? "ipv4" : "ipv6");
+  }
+}
