@@ -32,7 +32,7 @@ export interface MqttServerOptions {
    * Where aedes keeps live messages, sessions and retained messages, shared
    * with other processes (see shared-state.ts); unset, in this process's memory.
    */
-  shared?: Pick<AedesOptions, "mq" | "persistence">;
+  shared?: Pick<AedesOptions, "mq" | "persistence" | "heartbeatInterval">;
   /** What every listener allows a connection. */
   limits: MqttLimits;
 }

@@ -20,8 +20,11 @@ export interface SharedStateOptions {
 
 /** What aedes keeps, kept in Redis so that several service processes act as one broker. */
 export interface SharedState {
-  /** aedes' `mq` (mqemitter-redis) and `persistence` (aedes-persistence-redis). */
-  broker: Pick<AedesOptions, "mq" | "persistence">;
+  /**
+   * aedes' `mq` (mqemitter-redis) and `persistence` (aedes-persistence-redis),
+   * and how often it tells the other processes it is alive.
+   */
+  broker: Pick<AedesOptions, "mq" | "persistence" | "heartbeatInterval">;
   /**
    * A connection lost from now on is not made again, and what waits on it
    * fails: call it before closing the broker, whose clients' unsubscribes
@@ -36,6 +39,13 @@ export class RedisUnreachableError extends Error {
   override name = "RedisUnreachableError";
 }
 
+/**
+ * How often each process tells the others through Redis that it is alive.
+ * A process silent for 3 heartbeats is taken for dead, and another
+ * publishes its clients' wills at its next sweep (every 4 heartbeats):
+ * 10–35 s after a SIGKILL, against 2–7 min with aedes' default of 60 s.
+ */
+const HEARTBEAT_MS = 5000;
 /** aedes builds its own in-memory mqemitter with these. */
 const MQ_OPTIONS = { concurrency: 100, matchEmptyLevels: true };
 /** Longest wait between two attempts to reconnect. */
@@ -206,6 +216,7 @@ export async function connectSharedState(
     broker: {
       mq: new SharedEmitter(mq, [publish, subscribe], options.forwards),
       persistence,
+      heartbeatInterval: HEARTBEAT_MS,
     },
     stopReconnecting: () => {
       closing = true;

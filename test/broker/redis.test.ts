@@ -257,6 +257,23 @@ describe.skipIf(!installed("redis-server", "the Redis tests"))(
       }
     });
 
+    it("publishes the will of a device whose process was SIGKILLed, from the other process, within 35 s", async () => {
+      const watcher = await connect(b.port, "will-watcher");
+      const wills = inbox(watcher);
+      await watcher.subscribeAsync("status/dev-will", { qos: 1 });
+      const device = await connect(a.port, "dev-will", {
+        will: { topic: "status/dev-will", payload: Buffer.from("offline"), qos: 1, retain: false },
+      });
+      a.service.child.kill("SIGKILL");
+      await a.service.exited;
+      const killedAt = Date.now();
+      device.end(true);
+      const [will] = await wills.until(1, 45_000);
+      expect(will).toEqual({ topic: "status/dev-will", payload: "offline", retain: false });
+      expect(Date.now() - killedAt).toBeLessThan(36_000);
+      a = await spawn();
+    }, 90_000);
+
     it("fails to start with one line naming REDIS_URL when Redis cannot be reached", async () => {
       const nowhere = `redis://127.0.0.1:${await freePort()}`;
       const failure = await spawnService({
