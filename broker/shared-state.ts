@@ -119,6 +119,17 @@ class SharedEmitter {
   }
 }
 
+/** What to do when Redis could not be used at start, by the error's message. */
+function remedyFor(reason: string): string {
+  if (/WRONGPASS|NOAUTH/.test(reason)) {
+    return "Correct the password in REDIS_URL (redis://:<password>@host, or redis://<user>:<password>@host with an ACL user)";
+  }
+  if (/certificate/i.test(reason)) {
+    return "Trust the CA that signed Redis' certificate with NODE_EXTRA_CA_CERTS=<ca.pem>, or correct REDIS_URL";
+  }
+  return "Start that server or correct REDIS_URL";
+}
+
 /**
  * Connects to Redis (three connections: publish, subscribe, state) and
  * builds what aedes needs to share live messages, sessions, subscriptions,
@@ -192,8 +203,9 @@ export async function connectSharedState(
   if (connected.some((outcome) => outcome.status === "rejected")) {
     closing = true;
     for (const connection of all) connection.disconnect();
+    const reason = lastError ?? "connection closed";
     throw new RedisUnreachableError(
-      `cannot reach Redis at ${redactUrl(options.url)} (REDIS_URL): ${lastError ?? "connection closed"}. Start that server or correct REDIS_URL; unset it to keep the broker's state in each process.`,
+      `cannot reach Redis at ${redactUrl(options.url)} (REDIS_URL): ${reason}. ${remedyFor(reason)}; unset it to keep the broker's state in each process.`,
     );
   }
 

@@ -4,6 +4,7 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { KeyPair } from "./certificates.ts";
 import { connectOutcome, freePort } from "./free-port.ts";
 
 export interface RedisServer {
@@ -17,18 +18,35 @@ export interface RedisServer {
   close(): Promise<void>;
 }
 
+export interface RedisOptions {
+  /** Clients must send this password (`requirepass`). */
+  password?: string;
+  /** TLS only, with this certificate; clients present none. */
+  tls?: KeyPair;
+}
+
 /**
  * A redis-server of its own on a free loopback port, with its own
  * configuration file: nothing saved to disk, never the machine's Redis.
+ * Its `url` is rediss:// with TLS, and carries the password.
  */
-export async function startRedis(): Promise<RedisServer> {
+export async function startRedis(options: RedisOptions = {}): Promise<RedisServer> {
   const port = await freePort();
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-redis-"));
   const config = path.join(dir, "redis.conf");
   await fs.writeFile(
     config,
     [
-      `port ${port}`,
+      ...(options.tls
+        ? [
+            "port 0",
+            `tls-port ${port}`,
+            `tls-cert-file ${options.tls.certFile}`,
+            `tls-key-file ${options.tls.keyFile}`,
+            "tls-auth-clients no",
+          ]
+        : [`port ${port}`]),
+      ...(options.password ? [`requirepass ${options.password}`] : []),
       "bind 127.0.0.1",
       `dir ${dir}`,
       'save ""',
@@ -60,7 +78,7 @@ export async function startRedis(): Promise<RedisServer> {
   await start();
   return {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: `${options.tls ? "rediss" : "redis"}://${options.password ? `:${options.password}@` : ""}127.0.0.1:${port}`,
     start,
     stop,
     close: async () => {
