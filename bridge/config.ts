@@ -383,10 +383,15 @@ function trustedProxies(env: Env): TrustedProxies {
   const raw = env.TRUSTED_PROXIES?.trim();
   if (!raw) return defaults.trustedProxies;
   try {
-    return new TrustedProxies(raw.split(",").map((entry) => entry.trim()));
+    return new TrustedProxies(
+      raw
+        .split(",")
+        .map((entry) => entry.trim())
+        .filter((entry) => entry !== ""),
+    );
   } catch (error) {
     throw new ConfigError(
-      `TRUSTED_PROXIES must be comma-separated IP addresses or CIDR ranges such as 10.0.0.5 or 172.18.0.0/16: ${(error as Error).message}`,
+      `TRUSTED_PROXIES must be comma-separated IP addresses or CIDR ranges such as 10.0.0.5 or 10.0.0.0/29: ${(error as Error).message}`,
     );
   }
 }

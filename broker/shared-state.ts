@@ -124,8 +124,11 @@ function remedyFor(reason: string): string {
   if (/WRONGPASS|NOAUTH/.test(reason)) {
     return "Correct the password in REDIS_URL (redis://:<password>@host, or redis://<user>:<password>@host with an ACL user)";
   }
-  if (/certificate/i.test(reason)) {
+  if (/self[- ]signed certificate|unable to (verify|get local issuer)/i.test(reason)) {
     return "Trust the CA that signed Redis' certificate with NODE_EXTRA_CA_CERTS=<ca.pem>, or correct REDIS_URL";
+  }
+  if (/does not match certificate's altnames/.test(reason)) {
+    return "Name Redis in REDIS_URL as its certificate does";
   }
   return "Start that server or correct REDIS_URL";
 }

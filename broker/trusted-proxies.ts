@@ -8,7 +8,12 @@ import net from "node:net";
 export class TrustedProxies {
   private readonly list = new net.BlockList();
 
-  /** Throws a TypeError naming the first entry that is neither an address nor a CIDR range. */
+  /**
+   * Throws a TypeError naming the first entry that is neither an address
+   * nor a CIDR range, or that would trust far more than a proxy: a /0, or
+   * IPv4 written in its IPv6-mapped form (whose prefix would count the 96
+   * bits before it).
+   */
   constructor(readonly entries: readonly string[]) {
     for (const entry of entries) {
       const [address = "", prefix, ...rest] = entry.split("/");
@@ -22,6 +27,10 @@ export class TrustedProxies {
         length > bits
       ) {
         throw new TypeError(`"${entry}" is not an IP address or a CIDR range`);
+      }
+      if (length === 0) throw new TypeError(`"${entry}" would trust every address`);
+      if (family === 6 && address.includes(".")) {
+        throw new TypeError(`"${entry}" is IPv4 in IPv6 form: write it as IPv4`);
       }
       this.list.addSubnet(address, length, family === 4 ? "ipv4" : "ipv6");
     }

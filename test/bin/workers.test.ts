@@ -90,6 +90,12 @@ describe("WORKERS=2", () => {
       expect(byWorker).toContain(
         `telemetry_bridge_received_total{worker="${worker.worker}"} ${worker.received}`,
       );
+      expect(byWorker).toMatch(
+        new RegExp(
+          `^telemetry_bridge_batch_size_bucket\\{le="\\+Inf",worker="${worker.worker}"\\} \\d+$`,
+          "m",
+        ),
+      );
     }
     // A figure of the shared table, not of a worker: not added up.
     const partitions = (text: string) =>

@@ -128,7 +128,7 @@ describe("loadConfig", () => {
 
   it("trusts the proxies of TRUSTED_PROXIES alone, by address or range, IPv4 also in its IPv6-mapped form", () => {
     const proxies = loadConfig({
-      TRUSTED_PROXIES: "10.0.0.5, 172.18.0.0/16,fd00::/8",
+      TRUSTED_PROXIES: "10.0.0.5, 172.18.0.0/16,fd00::/8,",
     }).trustedProxies;
     for (const address of ["10.0.0.5", "::ffff:10.0.0.5", "172.18.3.4", "fd12::1"]) {
       expect(proxies.has(address), address).toBe(true);
@@ -176,6 +176,9 @@ describe("loadConfig", () => {
       [{ TRUSTED_PROXIES: "10.0.0.0/33" }, /"10.0.0.0\/33" is not/],
       [{ TRUSTED_PROXIES: "10.0.0.0/8/1" }, /"10.0.0.0\/8\/1" is not/],
       [{ TRUSTED_PROXIES: "::1/x" }, /"::1\/x" is not/],
+      [{ TRUSTED_PROXIES: "10.0.0.5, 0.0.0.0/0" }, /"0.0.0.0\/0" would trust every address$/],
+      [{ TRUSTED_PROXIES: "::/0" }, /"::\/0" would trust every address$/],
+      [{ TRUSTED_PROXIES: "::ffff:10.0.0.0/8" }, /"::ffff:10.0.0.0\/8" is IPv4 in IPv6 form/],
       [{ DATABASE_URL: "mysql://x" }, /^DATABASE_URL must start with postgres:\/\//],
       [{ DATABASE_URL: "localhost" }, /^DATABASE_URL must be a URL/],
       [{ LOG_LEVEL: "loud" }, /^LOG_LEVEL must be one of/],
