@@ -8,7 +8,7 @@ import { IdentityStore } from "../../storage/identities.ts";
 import { connectDevice, publishAcked, reading } from "../helpers/device.ts";
 import { freePort } from "../helpers/free-port.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { spawnService } from "../helpers/service.ts";
+import { portsOf, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("devices_cli");
@@ -138,9 +138,7 @@ describe("npm run devices", () => {
     try {
       const added = await devices(["add", "embedded-1"], env);
       expect(added.code, added.stderr).toBe(0);
-      const ready = service.output.find((line) => line.includes('"msg":"ready"')) as string;
-      const port = Number(new URL(JSON.parse(ready).mqtt).port);
-      const device = await connectDevice(port, "embedded-1", {
+      const device = await connectDevice(portsOf(service).mqtt, "embedded-1", {
         username: "embedded-1",
         password: added.stdout.trim().split("\n").at(-1),
       });

@@ -9,7 +9,7 @@ import { healthcheck } from "../helpers/dockerfile.ts";
 import { createDataDir } from "../helpers/embedded-server.ts";
 import { connectOutcome, freePort } from "../helpers/free-port.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { type ServiceProcess, spawnUntilReady } from "../helpers/service.ts";
+import { portsOf, readyLine, type ServiceProcess, spawnUntilReady } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("start");
@@ -42,14 +42,12 @@ async function npmStart(env: NodeJS.ProcessEnv, wrapper: string[] = []): Promise
     HTTP_PORT: "0",
     ...env,
   });
-  const ready = JSON.parse(
-    service.output.find((line) => line.includes('"msg":"ready"')) as string,
-  ) as { pid: number; mqtt: string; http: string };
+  const ports = portsOf(service);
   const started = {
     ...service,
-    pid: ready.pid,
-    mqttPort: Number(new URL(ready.mqtt).port),
-    httpPort: Number(new URL(ready.http).port),
+    pid: readyLine(service).pid,
+    mqttPort: ports.mqtt,
+    httpPort: ports.http,
   };
   running.push(started);
   return started;

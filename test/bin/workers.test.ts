@@ -6,7 +6,7 @@ import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { createDataDir } from "../helpers/embedded-server.ts";
 import { connectOutcome, freePort } from "../helpers/free-port.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { readyLine, type ServiceProcess, spawnService } from "../helpers/service.ts";
 
 const dataDir = await createDataDir();
 let started: ServiceProcess | undefined;
@@ -109,10 +109,7 @@ describe("WORKERS=2", () => {
     // One PostgreSQL, the primary's, with every row once.
     const pidFile = path.join(dataDir, "pg", "postmaster.pid");
     const postmaster = Number((await fs.readFile(pidFile, "utf8")).split("\n")[0]);
-    const ready = JSON.parse(
-      service.output.find((line) => line.includes('"msg":"ready"')) as string,
-    ) as { database: string };
-    expect(ready.database).toContain(`:${pgPort}/`);
+    expect(readyLine(service).database).toContain(`:${pgPort}/`);
     const password = (await fs.readFile(path.join(dataDir, "pg-password"), "utf8")).trim();
     const pool = new pg.Pool({
       connectionString: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${pgPort}/telemetry`,

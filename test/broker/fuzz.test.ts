@@ -24,7 +24,7 @@ import {
   validFrame,
 } from "../helpers/fuzz-inputs.ts";
 import { seedFrom } from "../helpers/random.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { portsOf, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";
 
@@ -333,11 +333,7 @@ beforeAll(async () => {
     MQTT_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
     MQTT_MAX_CONNECTIONS_PER_ADDRESS: String(IDLE_SOCKETS),
   });
-  const ready = JSON.parse(
-    service.output.find((line) => line.includes('"msg":"ready"')) as string,
-  ) as { mqtt: string; http: string };
-  port = Number(new URL(ready.mqtt).port);
-  httpPort = Number(new URL(ready.http).port);
+  ({ mqtt: port, http: httpPort } = portsOf(service));
 });
 afterAll(async () => {
   service?.child.kill("SIGTERM");

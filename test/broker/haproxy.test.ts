@@ -45,6 +45,18 @@ async function until(
   }
 }
 
+/** The CONNACK's return code to a CONNECT sent from `localAddress`, undefined when the connection was closed instead. */
+async function connackCode(
+  port: number,
+  localAddress: string,
+  clientId: string,
+  preamble?: string,
+) {
+  const { code, socket } = await rawConnect({ port, localAddress, clientId, preamble });
+  socket.destroy();
+  return code;
+}
+
 function connected(client: mqtt.MqttClient): Promise<void> {
   return new Promise((resolve) => client.once("connect", () => resolve()));
 }
@@ -171,20 +183,9 @@ describe.skipIf(!installed("haproxy", "the HAProxy test"))(
       // The survivor now holds the devices and the tap, all from 127.0.0.1 by
       // their PROXY headers: one more from there is over the per-address limit,
       // one from another address behind the same proxy is not.
-      const extra = await rawConnect({
-        port: proxy.ports[1883] ?? 0,
-        localAddress: "127.0.0.1",
-        clientId: "haproxy-extra",
-      });
-      extra.socket.destroy();
-      expect(extra.code).toBeUndefined();
-      const elsewhere = await rawConnect({
-        port: proxy.ports[1883] ?? 0,
-        localAddress: "127.0.0.2",
-        clientId: "haproxy-elsewhere",
-      });
-      elsewhere.socket.destroy();
-      expect(elsewhere.code).toBe(0);
+      const front = proxy.ports[1883] ?? 0;
+      expect(await connackCode(front, "127.0.0.1", "haproxy-extra")).toBeUndefined();
+      expect(await connackCode(front, "127.0.0.2", "haproxy-elsewhere")).toBe(0);
       const refusals = logLines(survivor).filter(
         (line) => line.msg === "connection refused: over a limit",
       );
@@ -255,22 +256,12 @@ describe.skipIf(!installed("haproxy", "the HAProxy test"))(
       expect(await stats("127.0.0.4", "reader-2", secretOf("reader-2"), fresh)).toBe("429");
 
       // A PROXY header sent straight to the node is refused; through HAProxy, a device connects.
-      const spoofer = await rawConnect({
-        port: ports[1883],
-        localAddress: "127.0.0.4",
-        preamble: "PROXY TCP4 198.51.100.5 127.0.0.1 40000 1883\r\n",
-        clientId: "haproxy-spoofer",
-      });
-      spoofer.socket.destroy();
-      expect(spoofer.code).toBeUndefined();
+      const forged = "PROXY TCP4 198.51.100.5 127.0.0.1 40000 1883\r\n";
+      expect(
+        await connackCode(ports[1883], "127.0.0.4", "haproxy-spoofer", forged),
+      ).toBeUndefined();
       await logged(node, "connection refused: not from TRUSTED_PROXIES");
-      const device = await rawConnect({
-        port: proxy.ports[1883] ?? 0,
-        localAddress: "127.0.0.4",
-        clientId: "haproxy-device",
-      });
-      device.socket.destroy();
-      expect(device.code).toBe(0);
+      expect(await connackCode(proxy.ports[1883] ?? 0, "127.0.0.4", "haproxy-device")).toBe(0);
     });
   },
 );

@@ -5,7 +5,7 @@ import mqttPacket from "mqtt-packet";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectDevice, publishAcked, rawConnect, reading } from "../helpers/device.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { portsOf, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 import { count } from "../helpers/writer.ts";
 
@@ -108,9 +108,7 @@ beforeAll(async () => {
     MQTT_CONNECT_RATE_PER_ADDRESS: "3",
     MQTT_MAX_KEEPALIVE_S: "600",
   });
-  const ready = service.output.find((line) => line.includes('"msg":"ready"')) as string;
-  port = Number(new URL(JSON.parse(ready).mqtt).port);
-  httpPort = Number(new URL(JSON.parse(ready).http).port);
+  ({ mqtt: port, http: httpPort } = portsOf(service));
 });
 afterAll(async () => {
   service?.child.kill("SIGTERM");

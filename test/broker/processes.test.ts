@@ -13,7 +13,7 @@ import {
   Stream,
 } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { portsOf, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 // Two service processes started at once on a database nothing has touched:
@@ -22,11 +22,6 @@ const db = await createTestDatabase("processes", undefined, { migrate: false });
 const pool = new pg.Pool({ connectionString: db.url });
 let services: ServiceProcess[] = [];
 let ports: number[] = [];
-
-function mqttPort(service: ServiceProcess): number {
-  const ready = service.output.find((line) => line.includes('"msg":"ready"')) as string;
-  return Number(new URL(JSON.parse(ready).mqtt).port);
-}
 
 function logged(service: ServiceProcess, msg: string): Record<string, unknown>[] {
   return service.output
@@ -43,7 +38,7 @@ beforeAll(async () => {
     BATCH_MAX_WAIT_MS: "5",
   };
   services = await Promise.all([spawnService(env), spawnService(env)]);
-  ports = services.map(mqttPort);
+  ports = services.map((service) => portsOf(service).mqtt);
 });
 afterAll(async () => {
   for (const service of services) service.child.kill("SIGKILL");

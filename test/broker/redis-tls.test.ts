@@ -12,7 +12,7 @@ import {
 import { reading } from "../helpers/device.ts";
 import { installed } from "../helpers/installed.ts";
 import { type RedisServer, startRedis } from "../helpers/redis.ts";
-import { type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { portsOf, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("redis_tls");
@@ -49,8 +49,7 @@ async function spawn(url: string, env: Record<string, string> = {}) {
     ...env,
   });
   running.push(service);
-  const ready = service.output.find((line) => line.includes('"msg":"ready"')) as string;
-  return { service, port: Number(new URL(JSON.parse(ready).mqtt).port) };
+  return { service, port: portsOf(service).mqtt };
 }
 
 /** Why a service on REDIS_URL `url` did not start: its output. */

@@ -6,7 +6,7 @@ import { closed, type Device, reading } from "../helpers/device.ts";
 import { freePort } from "../helpers/free-port.ts";
 import { installed } from "../helpers/installed.ts";
 import { type RedisServer, startRedis } from "../helpers/redis.ts";
-import { logged, type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { logged, portsOf, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("redis");
@@ -24,8 +24,7 @@ async function spawn(): Promise<{ service: ServiceProcess; port: number }> {
     BATCH_MAX_WAIT_MS: "5",
   });
   running.push(service);
-  const ready = service.output.find((line) => line.includes('"msg":"ready"')) as string;
-  return { service, port: Number(new URL(JSON.parse(ready).mqtt).port) };
+  return { service, port: portsOf(service).mqtt };
 }
 
 async function stop(service: ServiceProcess): Promise<number | null> {

@@ -5,6 +5,7 @@ import { closed, connackRefusal, connectDevice } from "../helpers/device.ts";
 import { runCommand } from "../helpers/run-command.ts";
 import {
   type BrokeredService,
+  portsOf,
   type ServiceProcess,
   spawnService,
   startTestService,
@@ -57,8 +58,7 @@ beforeAll(async () => {
   const env = { ALLOW_ANONYMOUS: "false", LOG_LEVEL: "info" };
   inProcess = await startTestService(db.url, env);
   child = await spawnService({ ...env, DATABASE_URL: db.url, MQTT_PORT: "0" });
-  const ready = child.output.find((line) => line.includes('"msg":"ready"')) as string;
-  ports = [inProcess.mqttPort, Number(new URL(JSON.parse(ready).mqtt).port)];
+  ports = [inProcess.mqttPort, portsOf(child).mqtt];
 });
 afterAll(async () => {
   child?.child.kill("SIGTERM");

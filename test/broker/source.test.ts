@@ -4,7 +4,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { connectOutcome, freePort } from "../helpers/free-port.ts";
 import { type Mosquitto, startMosquitto } from "../helpers/mosquitto.ts";
 import { type MqttRelay, startMqttRelay } from "../helpers/mqtt-relay.ts";
-import { logged, type ServiceProcess, spawnService } from "../helpers/service.ts";
+import { logged, readyLine, type ServiceProcess, spawnService } from "../helpers/service.ts";
 import { createTestDatabase } from "../helpers/test-database.ts";
 
 const db = await createTestDatabase("source");
@@ -130,7 +130,7 @@ describe("SOURCE_URL: a broker users already run", () => {
       MQTT_PORT: String(unused),
     });
     expect(await connectOutcome(unused)).toBe("ECONNREFUSED");
-    const ready = JSON.parse(service.output.find((line) => line.includes('"msg":"ready"')) ?? "{}");
+    const ready = readyLine(service);
     expect(ready.mqtt).toBe("off");
     const health = await fetch(`${ready.http}/health`);
     expect(await health.json()).toEqual({ status: "ok", mqtt: "off", database: "ok" });

@@ -67,6 +67,24 @@ export async function spawnUntilReady(
   return { child, output, exited };
 }
 
+/** What a service process's "ready" line says: where it listens ("off" for MQTT without the embedded broker), its pid, its database. */
+export interface ReadyLine {
+  pid: number;
+  mqtt: string;
+  http: string;
+  database: string;
+}
+
+export function readyLine(service: ServiceProcess): ReadyLine {
+  return JSON.parse(service.output.find((line) => line.includes('"msg":"ready"')) ?? "{}");
+}
+
+/** The MQTT and HTTP ports a service process with the embedded broker listens on. */
+export function portsOf(service: ServiceProcess): { mqtt: number; http: number } {
+  const ready = readyLine(service);
+  return { mqtt: Number(new URL(ready.mqtt).port), http: Number(new URL(ready.http).port) };
+}
+
 /** Resolves once `service` has logged `times` lines containing `text`; fails after `withinMs` with its output. */
 export async function logged(
   service: ServiceProcess,
