@@ -129,13 +129,16 @@ export async function startMqttServer(
    * past a limit, otherwise handed to aedes behind a packet-size guard.
    * `socket` carries the peer's address (and certificate), unless a PROXY
    * protocol header named the client (`origin`); `stream` is what MQTT is
-   * read from (the socket itself, or a stream over a WebSocket).
+   * read from (the socket itself, or a stream over a WebSocket). A
+   * connection whose CONNECT is due earlier than aedes' connect timeout
+   * from now (the header took part of it) gives its `connectBy` time.
    */
   const admit = (
     socket: net.Socket,
     stream: Duplex,
     request?: http.IncomingMessage,
     origin?: ProxyAddress,
+    connectBy?: number,
   ) => {
     const address = origin?.address ?? socket.remoteAddress ?? "unknown";
     const refusal = gate.admit(address);
@@ -166,6 +169,12 @@ export async function startMqttServer(
           ? { socket, connDetails: connDetailsOf(origin) }
           : { socket }) as http.IncomingMessage),
     );
+    if (connectBy !== undefined) {
+      const late = setTimeout(() => {
+        if (!client.connecting && !client.connected) stream.destroy();
+      }, connectBy - Date.now());
+      socket.once("close", () => clearTimeout(late));
+    }
   };
 
   /**
@@ -191,10 +200,12 @@ export async function startMqttServer(
       socket.destroy();
       return;
     }
+    // MQTT_CONNECT_TIMEOUT_MS counts from the opening, the header's wait included.
+    const connectBy = Date.now() + options.limits.connectTimeoutMs;
     readProxyHeader(socket, options.limits.connectTimeoutMs).then(
       (header) => {
         gate.unhold();
-        if (header) admit(socket, socket, undefined, header.source);
+        if (header) admit(socket, socket, undefined, header.source, connectBy);
       },
       (error: Error) => {
         gate.unhold();

@@ -494,6 +494,19 @@ describe("the MQTT listener with proxyProtocol", () => {
     expect(Date.now() - started).toBeLessThan(2000);
   });
 
+  it("closes a connection whose CONNECT has not come within the connect timeout of its opening, the header's wait included", async () => {
+    const socket = net.connect(server.port, "127.0.0.1");
+    socket.on("error", () => {});
+    const started = Date.now();
+    await new Promise((resolve) => socket.once("connect", resolve));
+    await sleep(250);
+    socket.write(v1("198.51.100.40"));
+    await new Promise((resolve) => socket.once("close", resolve));
+    // 300 ms from the opening, not 300 ms from the header.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    expect(Date.now() - started).toBeLessThan(500);
+  });
+
   it("counts connections still sending their header towards the total", async () => {
     for (const socket of sockets.splice(0)) socket.destroy();
     await vi.waitFor(() => expect(server.gate.connections).toBe(0));
