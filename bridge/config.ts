@@ -401,7 +401,7 @@ function proxyProtocol(env: Env, trusted: TrustedProxies): boolean {
   const on = onOff(env, "MQTT_PROXY_PROTOCOL", defaults.mqttProxyProtocol);
   if (on && trusted.empty) {
     throw new ConfigError(
-      "MQTT_PROXY_PROTOCOL=on needs TRUSTED_PROXIES: the addresses of the load balancers allowed to name a device's address (such as 10.0.0.5 or 172.18.0.0/16); anyone else could claim any address",
+      "MQTT_PROXY_PROTOCOL=on needs TRUSTED_PROXIES: the addresses of the load balancers allowed to name a device's address (such as 10.0.0.5); anyone else could claim any address",
     );
   }
   return on;

@@ -46,7 +46,8 @@ export function localReports(metrics: Metrics): Reports {
 
 /**
  * One exposition of several workers' series, each series labelled
- * `worker`: `sum without (worker)` gives what `/metrics` answers.
+ * `worker`: its counters and histograms, summed without `worker`, are
+ * those of `/metrics`.
  */
 export function byWorker(parts: { worker: number; metrics: MetricsJson }[]): Promise<string> {
   return client.AggregatorRegistry.aggregate(
