@@ -153,7 +153,8 @@ export async function startService(
           {
             host: config.mqttHost,
             port: config.mqttPort,
-            proxyProtocol: config.mqttProxyProtocol ? config.trustedProxies : undefined,
+            trustedProxies: config.trustedProxies,
+            proxyProtocol: config.mqttProxyProtocol,
             tls:
               config.tlsCertFile && config.tlsKeyFile
                 ? {

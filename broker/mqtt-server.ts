@@ -10,7 +10,7 @@ import type { Logger } from "../bridge/logger.ts";
 import { ConnectionGate, type ConnectionLimits } from "./connection-gate.ts";
 import { PacketGuard } from "./packet-guard.ts";
 import { type ProxyAddress, readProxyHeader } from "./proxy-protocol.ts";
-import type { TrustedProxies } from "./trusted-proxies.ts";
+import { TrustedProxies } from "./trusted-proxies.ts";
 
 export interface MqttServerOptions {
   /** Address every listener binds to. */
@@ -18,12 +18,18 @@ export interface MqttServerOptions {
   /** MQTT over TCP; 0 picks a free port. */
   port: number;
   /**
-   * The TCP listener is behind these load balancers, which start each
+   * The load balancers allowed to name a client's address: in the PROXY
+   * protocol header (`proxyProtocol`), and in a WebSocket upgrade's
+   * X-Forwarded-For. Unset: none.
+   */
+  trustedProxies?: TrustedProxies;
+  /**
+   * The TCP listener is behind `trustedProxies`, which start each
    * connection with a PROXY protocol header (v1 or v2): the client's
    * address is read from it. A connection without one, or from any other
    * peer, is closed.
    */
-  proxyProtocol?: TrustedProxies;
+  proxyProtocol?: boolean;
   /** MQTT over TLS on its own port; also turns the WebSocket listener into WSS. */
   tls?: TlsListenerOptions;
   /** MQTT over WebSockets on path /mqtt; unset, no WebSocket listener. */
@@ -122,6 +128,7 @@ export async function startMqttServer(
     },
   });
   const gate = new ConnectionGate(options.limits);
+  const proxies = options.trustedProxies ?? new TrustedProxies([]);
   let oversizedPackets = 0;
 
   /**
@@ -162,12 +169,11 @@ export async function startMqttServer(
     // aedes reads MQTT from the guard and writes to the stream; it finds the
     // peer's socket in `req`, as it does for WebSockets, and copies
     // `req.connDetails` to `client.connDetails`.
+    const req: ProxiedRequest = request ?? { socket };
+    if (origin) req.connDetails = connDetailsOf(origin);
     const client = broker.handle(
       Duplex.from({ readable: guard, writable: stream }),
-      request ??
-        ((origin
-          ? { socket, connDetails: connDetailsOf(origin) }
-          : { socket }) as http.IncomingMessage),
+      req as http.IncomingMessage,
     );
     if (connectBy !== undefined) {
       const late = setTimeout(() => {
@@ -237,7 +243,7 @@ export async function startMqttServer(
   // A PUBACK goes out as soon as its batch commits, not after the client's
   // delayed ACK of the previous segment (Nagle's algorithm).
   const tcp = net.createServer({ noDelay: true }, (socket) => {
-    if (options.proxyProtocol) admitProxied(socket, options.proxyProtocol);
+    if (options.proxyProtocol) admitProxied(socket, proxies);
     else admit(socket, socket);
   });
   let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
@@ -254,6 +260,7 @@ export async function startMqttServer(
     if (options.wsPort !== undefined) {
       const server = webSocketListener(
         admit,
+        proxies,
         options.limits.maxPacketBytes,
         options.tls && serverSecureOptions(options.tls),
       );
@@ -397,9 +404,19 @@ async function listen(
   return (server.address() as net.AddressInfo).port;
 }
 
-/** An HTTP (or HTTPS) server taking WebSocket upgrades on /mqtt and handing them to `admit`. */
+/**
+ * An HTTP (or HTTPS) server taking WebSocket upgrades on /mqtt and handing
+ * them to `admit`, with the client X-Forwarded-For names when the upgrade
+ * comes from one of `proxies`.
+ */
 function webSocketListener(
-  admit: (socket: net.Socket, stream: Duplex, request: http.IncomingMessage) => void,
+  admit: (
+    socket: net.Socket,
+    stream: Duplex,
+    request: http.IncomingMessage,
+    origin?: ProxyAddress,
+  ) => void,
+  proxies: TrustedProxies,
   maxPacketBytes: number,
   secureOptions: tls.TlsOptions | undefined,
 ): http.Server | https.Server {
@@ -423,10 +440,20 @@ function webSocketListener(
       socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
       return;
     }
+    const peer = socket.remoteAddress ?? "";
+    const client = proxies.forwardedClient(peer, request.headers["x-forwarded-for"]);
     webSockets.handleUpgrade(request, socket, head, (webSocket) => {
       // aedes keeps the request as `client.req`: its socket is the one that
       // carries the peer's address and, over WSS, its certificate.
-      admit(socket, createWebSocketStream(webSocket), request);
+      admit(
+        socket,
+        createWebSocketStream(webSocket),
+        request,
+        // X-Forwarded-For names no port.
+        client === peer
+          ? undefined
+          : { address: client, port: 0, family: net.isIPv6(client) ? "IPv6" : "IPv4" },
+      );
     });
   });
   return server;

@@ -45,4 +45,25 @@ export class TrustedProxies {
     const family = net.isIP(address ?? "");
     return family !== 0 && this.list.check(address as string, family === 4 ? "ipv4" : "ipv6");
   }
+
+  /**
+   * The client behind `peer` by an X-Forwarded-For header: read from the
+   * right, each address a trusted hop wrote is believed, up to the first
+   * that is not trusted itself. `peer` when it is not trusted; an entry
+   * that is not an IP address ends the walk at the hop that wrote it.
+   */
+  forwardedClient(peer: string, forwardedFor: string | string[] | undefined): string {
+    const hops = [forwardedFor ?? []]
+      .flat()
+      .join(",")
+      .split(",")
+      .map((hop) => hop.trim())
+      .filter((hop) => hop !== "");
+    let client = peer;
+    for (let hop = hops.pop(); hop !== undefined && this.has(client); hop = hops.pop()) {
+      if (net.isIP(hop) === 0) break;
+      client = hop;
+    }
+    return client;
+  }
 }

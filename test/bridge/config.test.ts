@@ -139,6 +139,22 @@ describe("loadConfig", () => {
     expect(loadConfig({}).trustedProxies.has("127.0.0.1")).toBe(false);
   });
 
+  it("believes X-Forwarded-For only as far back as trusted proxies wrote it", () => {
+    const proxies = loadConfig({ TRUSTED_PROXIES: "10.0.0.5,10.0.0.6" }).trustedProxies;
+    const cases: [string, string | string[] | undefined, string][] = [
+      ["10.0.0.5", undefined, "10.0.0.5"],
+      ["10.0.0.5", "198.51.100.7", "198.51.100.7"],
+      // A client's own forged entry sits left of what the proxies wrote.
+      ["10.0.0.5", "203.0.113.1, 198.51.100.7, 10.0.0.6", "198.51.100.7"],
+      ["10.0.0.5", ["203.0.113.1", "198.51.100.7"], "198.51.100.7"],
+      ["10.0.0.5", "unknown", "10.0.0.5"],
+      ["203.0.113.9", "198.51.100.7", "203.0.113.9"],
+    ];
+    for (const [peer, header, client] of cases) {
+      expect(proxies.forwardedClient(peer, header), `${peer} ${header}`).toBe(client);
+    }
+  });
+
   it("runs a worker per core with WORKERS=auto", () => {
     expect(loadConfig({ WORKERS: "auto" }).workers).toBe(os.availableParallelism());
   });

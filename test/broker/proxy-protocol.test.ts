@@ -377,6 +377,67 @@ function v1(source: string, port = 40000): string {
   return `PROXY TCP4 ${source} 127.0.0.1 ${port} 1883\r\n`;
 }
 
+describe("MQTT over WebSockets behind a trusted proxy", () => {
+  const seen = new Map<string, unknown>();
+  let server: MqttServer;
+  const clients: mqtt.MqttClient[] = [];
+  beforeAll(async () => {
+    server = await startMqttServer(
+      {
+        host: "127.0.0.1",
+        port: 0,
+        wsPort: 0,
+        trustedProxies: new TrustedProxies(["127.0.0.1"]),
+        limits: mqttLimits(loadConfig({})),
+      },
+      {
+        authenticate: (client, _username, _password, callback) => {
+          seen.set(client.id, {
+            address: remoteAddress(client),
+            connDetails: (client as unknown as { connDetails: unknown }).connDetails,
+          });
+          callback(null, true);
+        },
+      },
+      silentLogger,
+    );
+  });
+  afterAll(async () => {
+    for (const client of clients) client.end(true);
+    await server?.close();
+  });
+  const connect = async (clientId: string, localAddress: string, forwardedFor?: string) => {
+    const client = await mqtt.connectAsync(`ws://127.0.0.1:${server.wsPort}/mqtt`, {
+      clientId,
+      reconnectPeriod: 0,
+      wsOptions: {
+        localAddress,
+        headers: forwardedFor ? { "X-Forwarded-For": forwardedFor } : {},
+      },
+    });
+    clients.push(client);
+    return seen.get(clientId);
+  };
+
+  it("takes the client's address from X-Forwarded-For when the upgrade comes from the proxy", async () => {
+    expect(await connect("ws-proxied", "127.0.0.1", "203.0.113.5, 198.51.100.21")).toEqual({
+      address: "198.51.100.21",
+      connDetails: { ipAddress: "198.51.100.21", port: 0, ipFamily: 4 },
+    });
+    expect(await connect("ws-direct", "127.0.0.1")).toEqual({
+      address: "127.0.0.1",
+      connDetails: undefined,
+    });
+  });
+
+  it("ignores X-Forwarded-For from any other peer", async () => {
+    expect(await connect("ws-spoofer", "127.0.0.5", "198.51.100.22")).toEqual({
+      address: "127.0.0.5",
+      connDetails: undefined,
+    });
+  });
+});
+
 describe("the MQTT listener with proxyProtocol", () => {
   const seen = new Map<string, { address: string; connDetails: unknown }>();
   let server: MqttServer;
@@ -406,7 +467,8 @@ describe("the MQTT listener with proxyProtocol", () => {
         host: "127.0.0.1",
         port: 0,
         // The load balancers: 127.0.0.1, and 127.0.0.2 and .3 standing for two more.
-        proxyProtocol: new TrustedProxies(["127.0.0.1", "127.0.0.2/31"]),
+        trustedProxies: new TrustedProxies(["127.0.0.1", "127.0.0.2/31"]),
+        proxyProtocol: true,
         limits,
       },
       { authenticate },
