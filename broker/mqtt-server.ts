@@ -135,7 +135,8 @@ export async function startMqttServer(
    * Every listener's connections come through here: refused at the door
    * past a limit, otherwise handed to aedes behind a packet-size guard.
    * `socket` carries the peer's address (and certificate), unless a PROXY
-   * protocol header named the client (`origin`); `stream` is what MQTT is
+   * protocol header or a trusted proxy's X-Forwarded-For named the client
+   * (`origin`); `stream` is what MQTT is
    * read from (the socket itself, or a stream over a WebSocket). A
    * connection whose CONNECT is due earlier than aedes' connect timeout
    * from now (the header took part of it) gives its `connectBy` time.
@@ -188,7 +189,7 @@ export async function startMqttServer(
    * before anything else and names the client, by whose address it is then
    * admitted. Until the header is read it holds a place in the total only.
    */
-  const admitProxied = (socket: net.Socket, proxies: TrustedProxies) => {
+  const admitProxied = (socket: net.Socket) => {
     if (!proxies.has(socket.remoteAddress)) {
       gate.refused.untrusted_proxy++;
       logger.warn(
@@ -243,7 +244,7 @@ export async function startMqttServer(
   // A PUBACK goes out as soon as its batch commits, not after the client's
   // delayed ACK of the previous segment (Nagle's algorithm).
   const tcp = net.createServer({ noDelay: true }, (socket) => {
-    if (options.proxyProtocol) admitProxied(socket, proxies);
+    if (options.proxyProtocol) admitProxied(socket);
     else admit(socket, socket);
   });
   let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
