@@ -136,10 +136,10 @@ export async function startMqttServer(
    * past a limit, otherwise handed to aedes behind a packet-size guard.
    * `socket` carries the peer's address (and certificate), unless a PROXY
    * protocol header or a trusted proxy's X-Forwarded-For named the client
-   * (`origin`); `stream` is what MQTT is
-   * read from (the socket itself, or a stream over a WebSocket). A
-   * connection whose CONNECT is due earlier than aedes' connect timeout
-   * from now (the header took part of it) gives its `connectBy` time.
+   * (`origin`); `stream` is what MQTT is read from (the socket itself, or a
+   * stream over a WebSocket). A connection whose CONNECT is due earlier
+   * than aedes' connect timeout from now (the header took part of it)
+   * gives its `connectBy` time.
    */
   const admit = (
     socket: net.Socket,
