@@ -24,7 +24,7 @@ export interface MqttServerOptions {
    */
   trustedProxies?: TrustedProxies;
   /**
-   * The TCP listener is behind `trustedProxies`, which start each
+   * The TCP and TLS listeners are behind `trustedProxies`, which start each
    * connection with a PROXY protocol header (v1 or v2): the client's
    * address is read from it. A connection without one, or from any other
    * peer, is closed.
@@ -186,10 +186,14 @@ export async function startMqttServer(
 
   /**
    * A connection through a load balancer: its PROXY protocol header comes
-   * before anything else and names the client, by whose address it is then
-   * admitted. Until the header is read it holds a place in the total only.
+   * before anything else (TLS included) and names the client, with which it
+   * is then `admitted`, with the time its CONNECT is due by. Until the
+   * header is read it holds a place in the total only.
    */
-  const admitProxied = (socket: net.Socket) => {
+  const admitProxied = (
+    socket: net.Socket,
+    admitted: (origin: ProxyAddress | undefined, connectBy: number) => void,
+  ) => {
     if (!proxies.has(socket.remoteAddress)) {
       gate.refused.untrusted_proxy++;
       logger.warn(
@@ -212,7 +216,7 @@ export async function startMqttServer(
     readProxyHeader(socket, options.limits.connectTimeoutMs).then(
       (header) => {
         gate.unhold();
-        if (header) admit(socket, socket, undefined, header.source, connectBy);
+        if (header) admitted(header.source, connectBy);
       },
       (error: Error) => {
         gate.unhold();
@@ -244,19 +248,40 @@ export async function startMqttServer(
   // A PUBACK goes out as soon as its batch commits, not after the client's
   // delayed ACK of the previous segment (Nagle's algorithm).
   const tcp = net.createServer({ noDelay: true }, (socket) => {
-    if (options.proxyProtocol) admitProxied(socket);
-    else admit(socket, socket);
+    if (options.proxyProtocol) {
+      admitProxied(socket, (origin, connectBy) =>
+        admit(socket, socket, undefined, origin, connectBy),
+      );
+    } else admit(socket, socket);
   });
   let ports: Pick<MqttServer, "port" | "tlsPort" | "wsPort">;
   try {
     ports = { port: await start(tcp, options.port, "MQTT_PORT") };
     if (options.tls) {
+      // Behind the PROXY protocol the header comes before TLS: a plain
+      // listener reads it, then hands the socket to the TLS server, which
+      // then finds the client it named by the peer's address and port.
+      const handshaking = new Map<string, { origin?: ProxyAddress; connectBy: number }>();
       const server = tls.createServer(
         { ...serverSecureOptions(options.tls), noDelay: true },
-        (socket) => admit(socket, socket),
+        (socket) => {
+          const proxied = handshaking.get(peerOf(socket));
+          handshaking.delete(peerOf(socket));
+          admit(socket, socket, undefined, proxied?.origin, proxied?.connectBy);
+        },
       );
       secureListeners.push(server);
-      ports.tlsPort = await start(server, options.tls.port, "MQTTS_PORT");
+      const listener = options.proxyProtocol
+        ? net.createServer({ noDelay: true }, (socket) =>
+            admitProxied(socket, (origin, connectBy) => {
+              const peer = peerOf(socket);
+              handshaking.set(peer, { origin, connectBy });
+              socket.once("close", () => handshaking.delete(peer));
+              server.emit("connection", socket);
+            }),
+          )
+        : server;
+      ports.tlsPort = await start(listener, options.tls.port, "MQTTS_PORT");
     }
     if (options.wsPort !== undefined) {
       const server = webSocketListener(
@@ -362,6 +387,11 @@ interface ConnDetails {
 interface ProxiedRequest {
   socket: net.Socket;
   connDetails?: ConnDetails;
+}
+
+/** A connection's peer as "address:port": unique among open connections. */
+function peerOf(socket: net.Socket): string {
+  return `${socket.remoteAddress}:${socket.remotePort}`;
 }
 
 function connDetailsOf(origin: ProxyAddress): ConnDetails {

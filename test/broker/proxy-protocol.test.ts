@@ -1,12 +1,22 @@
+import { once } from "node:events";
+import fs from "node:fs/promises";
 import net from "node:net";
+import os from "node:os";
+import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import tls from "node:tls";
 import type { Client } from "aedes";
 import mqtt from "mqtt";
 import mqttPacket from "mqtt-packet";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { mqttLimits } from "../../bin/service.ts";
 import { loadConfig } from "../../bridge/config.ts";
-import { type MqttServer, remoteAddress, startMqttServer } from "../../broker/mqtt-server.ts";
+import {
+  type MqttServer,
+  peerCertificateId,
+  remoteAddress,
+  startMqttServer,
+} from "../../broker/mqtt-server.ts";
 import {
   type ParseResult,
   parseProxyHeader,
@@ -15,6 +25,11 @@ import {
   V2_MAX_PAYLOAD_BYTES,
 } from "../../broker/proxy-protocol.ts";
 import { TrustedProxies } from "../../broker/trusted-proxies.ts";
+import {
+  createCertificateAuthority,
+  issueCertificate,
+  type KeyPair,
+} from "../helpers/certificates.ts";
 import { rawConnect } from "../helpers/device.ts";
 import { silentLogger } from "../helpers/test-database.ts";
 
@@ -376,6 +391,97 @@ function connectWith(
 function v1(source: string, port = 40000): string {
   return `PROXY TCP4 ${source} 127.0.0.1 ${port} 1883\r\n`;
 }
+
+describe("the MQTTS listener with proxyProtocol", () => {
+  const seen = new Map<string, { address: string; certificate: string | undefined }>();
+  let dir: string;
+  let ca: KeyPair;
+  let device: KeyPair;
+  let server: MqttServer;
+  const sockets: net.Socket[] = [];
+  beforeAll(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), "telemetry-bridge-proxied-tls-"));
+    ca = await createCertificateAuthority(dir, "ca");
+    const certificate = await issueCertificate(ca, dir, "server", "localhost", "server");
+    device = await issueCertificate(ca, dir, "device", "dev-tls-proxied", "client");
+    server = await startMqttServer(
+      {
+        host: "127.0.0.1",
+        port: 0,
+        tls: { port: 0, ...certificate, caFile: ca.certFile },
+        trustedProxies: new TrustedProxies(["127.0.0.1"]),
+        proxyProtocol: true,
+        limits: { ...mqttLimits(loadConfig({})), connectTimeoutMs: 2000 },
+      },
+      {
+        authenticate: (client, _username, _password, callback) => {
+          seen.set(client.id, {
+            address: remoteAddress(client),
+            certificate: peerCertificateId(client),
+          });
+          callback(null, true);
+        },
+      },
+      silentLogger,
+    );
+  });
+  afterAll(async () => {
+    for (const socket of sockets) socket.destroy();
+    await server?.close();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  /** The CONNACK's code to a CONNECT over TLS after `preamble`; undefined when the connection was closed instead. */
+  async function connackOverTls(
+    preamble: string,
+    localAddress: string,
+    clientId: string,
+  ): Promise<number | undefined> {
+    const [caCert, cert, key] = await Promise.all(
+      [ca.certFile, device.certFile, device.keyFile].map((file) => fs.readFile(file)),
+    );
+    const raw = net.connect({ port: server.tlsPort ?? 0, host: "127.0.0.1", localAddress });
+    raw.on("error", () => {});
+    sockets.push(raw);
+    await once(raw, "connect");
+    raw.write(preamble);
+    const secure = tls.connect({ socket: raw, servername: "localhost", ca: caCert, cert, key });
+    secure.on("error", () => {});
+    const parser = mqttPacket.parser({ protocolVersion: 4 });
+    return new Promise((resolve) => {
+      parser.on("packet", (packet) => resolve((packet as mqttPacket.IConnackPacket).returnCode));
+      secure.on("data", (data) => parser.parse(data));
+      // The server may close the connection before TLS starts on it.
+      for (const socket of [raw, secure]) socket.once("close", () => resolve(undefined));
+      secure.once("secureConnect", () =>
+        secure.write(
+          mqttPacket.generate({
+            cmd: "connect",
+            protocolId: "MQTT",
+            protocolVersion: 4,
+            clean: true,
+            clientId,
+            keepalive: 30,
+          }),
+        ),
+      );
+    });
+  }
+
+  it("reads the header before TLS, and keeps the device's certificate identity", async () => {
+    expect(await connackOverTls(v1("198.51.100.50"), "127.0.0.1", "tls-proxied")).toBe(0);
+    expect(seen.get("tls-proxied")).toEqual({
+      address: "198.51.100.50",
+      certificate: "dev-tls-proxied",
+    });
+  });
+
+  it("closes a TLS connection from an untrusted peer, or one that starts with TLS", async () => {
+    expect(await connackOverTls(v1("198.51.100.51"), "127.0.0.6", "tls-around")).toBeUndefined();
+    expect(await connackOverTls("", "127.0.0.1", "tls-headerless")).toBeUndefined();
+    expect(seen.has("tls-around") || seen.has("tls-headerless")).toBe(false);
+  });
+});
 
 describe("MQTT over WebSockets behind a trusted proxy", () => {
   const seen = new Map<string, unknown>();
