@@ -160,9 +160,8 @@ export async function connectSharedState(
       maxRetriesPerRequest: role === "subscribe" ? null : ATTEMPTS_PER_COMMAND,
       // With ioredis' auto-pipelining (which mqemitter-redis asks of the
       // connections it opens itself), a persistent session resumed on another
-      // process now and then never got its CONNACK: 3 runs in 24 of the
-      // test, on the state connection alone or on the publish one too;
-      // none in 16 without it.
+      // process got no CONNACK in 3 runs of the Redis tests in 24. Without
+      // it that is rarer (see the README), not gone.
       enableAutoPipelining: false,
     };
     const connection = new Redis(options.url, settings);

@@ -33,10 +33,9 @@ async function stop(service: ServiceProcess): Promise<number | null> {
 }
 
 /**
- * With ioredis' auto-pipelining on, a connection to a process sharing Redis
- * now and then got no CONNACK. It is off, and the test's clients, as
- * devices do, give up after 5 s and connect again, saying so: a line
- * "no CONNACK" in the output means it is back.
+ * Now and then a persistent session resumed on a process sharing Redis
+ * gets no CONNACK (see the README): the test's clients, as devices do,
+ * give up after 5 s and connect again, and say so in the output.
  */
 const RETRYING = { connectTimeout: 5000, reconnectPeriod: 200 } as const;
 
