@@ -260,9 +260,15 @@ export function createIngestHooks(options: IngestHookOptions) {
   }
 
   function authorizeForward(
-    _client: Client,
+    client: Client,
     packet: AedesPublishPacket,
   ): AedesPublishPacket | null {
+    // aedes restores a resumed session's subscriptions before its CONNACK,
+    // so a live message could go out ahead of it, which MQTT forbids
+    // (MQTT-3.2.0-1): mqtt.js then waits behind it for the CONNACK until its
+    // connect timeout. A QoS 1 or 2 message is in the session's queue as
+    // well, which aedes sends once the CONNACK has gone.
+    if (!(client as Client & { connackSent: boolean }).connackSent) return null;
     return forwards(packet) ? packet : null;
   }
 

@@ -158,10 +158,8 @@ export async function connectSharedState(
       // mqemitter-redis acknowledges a (un)subscribe that failed as done, so
       // those wait for Redis however long it takes; there are few of them.
       maxRetriesPerRequest: role === "subscribe" ? null : ATTEMPTS_PER_COMMAND,
-      // With ioredis' auto-pipelining (which mqemitter-redis asks of the
-      // connections it opens itself), a persistent session resumed on another
-      // process got no CONNACK in 3 runs of the Redis tests in 24. Without
-      // it that is rarer (see the README), not gone.
+      // mqemitter-redis asks for ioredis' auto-pipelining on the connections
+      // it opens itself; these send commands as they come.
       enableAutoPipelining: false,
     };
     const connection = new Redis(options.url, settings);
