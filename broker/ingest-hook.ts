@@ -259,10 +259,7 @@ export function createIngestHooks(options: IngestHookOptions) {
     return !unforwarded.has(packet.payload as Buffer);
   }
 
-  function authorizeForward(
-    client: Client,
-    packet: AedesPublishPacket,
-  ): AedesPublishPacket | null {
+  function authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
     // aedes restores a resumed session's subscriptions before its CONNACK,
     // so a live message could go out ahead of it, which MQTT forbids
     // (MQTT-3.2.0-1): mqtt.js then waits behind it for the CONNACK until its
